@@ -1,0 +1,1 @@
+pub use teachin_domain;
