@@ -1,1 +1,71 @@
-fn main() {}
+//! `teachin`: one binary for every role and operator command. This file only wires things
+//! together — configuration, logging, the chosen command; see ARCHITECTURE.md for the map.
+
+mod admin;
+mod cli;
+mod config;
+mod log_view;
+mod roles;
+mod telemetry;
+
+use clap::Parser;
+use cli::{AdminCommand, Cli, Command};
+use roles::Role;
+use std::process::ExitCode;
+
+/// Exit code for an unusable configuration (the same as clap's for bad arguments).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::SettingsSource::environment().and_then(|source| source.load()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(&settings.log_filter, settings.log_json);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: config::Settings) -> anyhow::Result<()> {
+    match command {
+        Command::All => roles::run(&settings, &[Role::Manager, Role::Accessor, Role::Engine]).await,
+        Command::Manager => roles::run(&settings, &[Role::Manager]).await,
+        Command::Accessor => roles::run(&settings, &[Role::Accessor]).await,
+        Command::Engine => roles::run(&settings, &[Role::Engine]).await,
+        Command::Migrate => {
+            let pool = roles::connect(&settings).await?;
+            let applied = roles::migrate(&pool).await?;
+            println!("migrations applied: {applied}");
+            Ok(())
+        }
+        Command::Events(args) => {
+            let pool = roles::connect(&settings).await?;
+            log_view::print(teachin_projections::EventLog::new(pool), args).await
+        }
+        Command::Admin(AdminCommand::Create(args)) => {
+            let pool = roles::connect(&settings).await?;
+            roles::migrate(&pool).await?;
+            admin::create(pool, &settings, args).await
+        }
+    }
+}

@@ -1,1 +1,19 @@
-pub use teachin_domain;
+//! The write side: where commands become events.
+//!
+//! - [`migrations`] creates the event store (postgres-es's tables, extended for the global log)
+//!   and runs under sqlx's advisory lock, so replicas starting together don't race.
+//! - [`bus`] runs a command against an aggregate through cqrs-es over postgres-es: load (from
+//!   a snapshot where there is one), decide, append — retrying optimistic-concurrency
+//!   conflicts, stamping metadata, and answering a repeated command with its first receipt.
+//! - [`ports`] implements the domain's ports over Postgres and the event store.
+
+pub mod bus;
+pub mod migrations;
+pub mod ports;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use bus::{
+    AggregateReader, BusSettings, CommandBus, CommandContext, CommandError, CommandReceipt,
+};
+pub use ports::{command_bus, PortSecrets};

@@ -38,7 +38,9 @@ impl FromStr for Role {
             "student" => Ok(Role::Student),
             "teacher" => Ok(Role::Teacher),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role `{other}` (expected Student, Teacher or Admin)")),
+            other => Err(format!(
+                "unknown role `{other}` (expected Student, Teacher or Admin)"
+            )),
         }
     }
 }
@@ -60,7 +62,13 @@ impl Actor {
     }
 
     pub fn is_admin(&self) -> bool {
-        matches!(self, Actor::User { role: Role::Admin, .. } | Actor::System)
+        matches!(
+            self,
+            Actor::User {
+                role: Role::Admin,
+                ..
+            } | Actor::System
+        )
     }
 
     pub fn user_id(&self) -> Option<UserId> {

@@ -131,7 +131,12 @@ pub mod testing {
 
     /// The exact `Sealed` value the in-memory vault produces for `plaintext` about `subject`.
     pub fn sealed(subject: UserId, plaintext: &str) -> Sealed {
-        seal_with(&test_key(subject), test_nonce(plaintext), subject, plaintext)
+        seal_with(
+            &test_key(subject),
+            test_nonce(plaintext),
+            subject,
+            plaintext,
+        )
     }
 
     #[derive(Default)]

@@ -86,7 +86,9 @@ impl FromStr for Difficulty {
             "easy" => Ok(Difficulty::Easy),
             "medium" => Ok(Difficulty::Medium),
             "hard" => Ok(Difficulty::Hard),
-            other => Err(format!("unknown difficulty `{other}` (expected Easy, Medium or Hard)")),
+            other => Err(format!(
+                "unknown difficulty `{other}` (expected Easy, Medium or Hard)"
+            )),
         }
     }
 }

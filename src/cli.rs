@@ -1,0 +1,89 @@
+//! The command line: every role and operator command of the one `teachin` binary.
+
+use clap::{Args, Parser, Subcommand};
+use teachin_projections::LogPosition;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "teachin",
+    version,
+    about = "Teachin backend: roles and operator commands"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every role in one process (the local default).
+    All,
+    /// Run the manager role (public API).
+    Manager,
+    /// Run the accessor role (projections).
+    Accessor,
+    /// Run the engine role (AI workers).
+    Engine,
+    /// Apply pending database migrations, then exit.
+    Migrate,
+    /// Print the event log as JSON lines (stored form, not upcast).
+    Events(EventsArgs),
+    /// Administrative commands.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Start after this log position (`TRANSACTION/POSITION`, as printed in `position`).
+    #[arg(long, value_name = "POS", conflicts_with = "stream")]
+    pub after: Option<LogPosition>,
+    /// Print one stream only: `AGGREGATE_TYPE/AGGREGATE_ID`, e.g. `User/5b0e...`.
+    #[arg(long, value_name = "TYPE/ID")]
+    pub stream: Option<StreamName>,
+    /// Keep printing events as they are committed.
+    #[arg(long)]
+    pub follow: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamName {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+}
+
+impl std::str::FromStr for StreamName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((t, id)) if !t.is_empty() && !id.is_empty() => Ok(StreamName {
+                aggregate_type: t.to_string(),
+                aggregate_id: id.to_string(),
+            }),
+            _ => Err(format!("`{s}` is not TYPE/ID, e.g. User/5b0e6f1c-...")),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an admin account (bootstraps the first admin). The password is read from
+    /// standard input (`--password-stdin`) or from TEACHIN_ADMIN_PASSWORD.
+    Create(CreateAdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateAdminArgs {
+    #[arg(long)]
+    pub email: String,
+    #[arg(long, default_value = "Admin")]
+    pub first_name: String,
+    #[arg(long, default_value = "Teachin")]
+    pub last_name: String,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+}

@@ -1,0 +1,114 @@
+//! Starting the roles. Each role migrates the database (under sqlx's advisory lock, so
+//! replicas starting together don't race), then serves its health endpoints on its own port
+//! until SIGINT/SIGTERM. `teachin all` runs the three in one process over one pool.
+
+use crate::config::Settings;
+use anyhow::Context;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Manager,
+    Accessor,
+    Engine,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Manager => "manager",
+            Role::Accessor => "accessor",
+            Role::Engine => "engine",
+        }
+    }
+
+    fn port(self, settings: &Settings) -> u16 {
+        match self {
+            Role::Manager => settings.manager_port,
+            Role::Accessor => settings.accessor_port,
+            Role::Engine => settings.engine_port,
+        }
+    }
+}
+
+pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(settings.database.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}:{} (database `{}`)",
+                settings.database.get_host(),
+                settings.database.get_port(),
+                settings.database.get_database().unwrap_or("?"),
+            )
+        })
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<usize> {
+    teachin_commands::migrations::run(pool)
+        .await
+        .context("applying database migrations")
+}
+
+/// Runs `roles` until a shutdown signal.
+pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
+    tracing::info!(environment = ?settings.environment, "starting");
+    let pool = connect(settings).await?;
+    let applied = migrate(&pool).await?;
+    tracing::info!(applied, "database schema is current");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for &role in roles {
+        let addr = SocketAddr::from(([0, 0, 0, 0], role.port(settings)));
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the {}", role.name()))?;
+        tracing::info!(role = role.name(), %addr, "serving health endpoints");
+        let app = teachin_api::health::router(role.name(), pool.clone());
+        let mut stop = stop_rx.clone();
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        });
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while let Some(result) = servers.join_next().await {
+        result.context("a role task panicked")??;
+    }
+    pool.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,315 @@
+//! End-to-end tests of the `teachin` binary against a fresh database each (zero2prod style):
+//! configuration errors, migrations, the operator's view of the log, admin bootstrap, and
+//! the roles' health endpoints.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use teachin_commands::testing::TestDatabase;
+
+fn teachin(db: &TestDatabase) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_teachin"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("TEACHIN_LOG", "warn");
+    command
+}
+
+fn run(mut command: Command) -> Output {
+    command.output().expect("the binary runs")
+}
+
+fn stdout_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect()
+}
+
+/// Runs `teachin events ARGS` until it prints `expected` events. The settled horizon is
+/// cluster-wide, so another test's open transaction can hold the log back for a moment.
+fn events_until(db: &TestDatabase, args: &[&str], expected: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let mut command = teachin(db);
+        command.arg("events").args(args);
+        let output = run(command);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let events = stdout_lines(&output);
+        if events.len() >= expected || started.elapsed() > Duration::from_secs(60) {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn create_admin(db: &TestDatabase, email: &str) -> String {
+    let mut command = teachin(db);
+    command
+        .args([
+            "admin",
+            "create",
+            "--email",
+            email,
+            "--first-name",
+            "Noa",
+            "--last-name",
+            "Barak",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "admin create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn a_malformed_setting_stops_start_up_with_one_line_and_exit_code_2() {
+    let db = TestDatabase::empty().await;
+    for (name, value) in [
+        ("TEACHIN_MANAGER_PORT", "eighty"),
+        ("DATABASE_URL", "mysql://nope"),
+        ("TEACHIN_DB_MAX_CONNECTIONS", "0"),
+    ] {
+        let mut command = teachin(&db);
+        command.arg("migrate").env(name, value);
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(2), "{name}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line, got: {stderr}");
+        assert!(stderr.contains(name), "the line names {name}: {stderr}");
+    }
+    // A cloud environment has no default secrets.
+    let mut command = teachin(&db);
+    command.arg("migrate").env("TEACHIN_ENV", "prod");
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TEACHIN_LOOKUP_HASH_KEY"));
+}
+
+#[tokio::test]
+async fn migrate_then_events_on_an_empty_database() {
+    let db = TestDatabase::empty().await;
+    let mut command = teachin(&db);
+    command.arg("migrate");
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "migrations applied: 2"
+    );
+
+    let mut again = teachin(&db);
+    again.arg("migrate");
+    assert_eq!(
+        String::from_utf8_lossy(&run(again).stdout).trim(),
+        "migrations applied: 0"
+    );
+
+    let mut events = teachin(&db);
+    events.arg("events");
+    let output = run(events);
+    assert!(output.status.success());
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn replicas_migrating_at_once_apply_each_migration_once() {
+    let db = TestDatabase::empty().await;
+    let children: Vec<Child> = (0..4)
+        .map(|_| {
+            let mut command = teachin(&db);
+            command
+                .arg("migrate")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            command.spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 2);
+}
+
+#[tokio::test]
+async fn events_prints_a_populated_log_without_personal_data() {
+    let db = TestDatabase::new().await;
+    let admin = create_admin(&db, "noa.barak@example.com");
+    create_admin(&db, "second@example.com");
+
+    let events = events_until(&db, &[], 2);
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains("noa.barak"), "email in clear: {text}");
+    assert!(!text.contains("Barak"), "name in clear");
+    assert!(!text.contains("argon2"), "password hash in clear");
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["event_type"], "UserRegistered");
+    assert_eq!(events[0]["aggregate_id"], admin, "first admin first: {events:#?}");
+    assert_eq!(events[0]["metadata"]["issued_by"], "system");
+    assert_eq!(events[0]["metadata"]["causation_id"], "cli:admin-create");
+    assert_eq!(events[0]["payload"]["UserRegistered"]["role"], "Admin");
+
+    // --after resumes from a printed position; --stream shows one aggregate.
+    let rest = events_until(
+        &db,
+        &["--after", events[0]["position"].as_str().unwrap()],
+        1,
+    );
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0]["event_id"], events[1]["event_id"]);
+
+    let mut stream = teachin(&db);
+    stream.args(["events", "--stream", &format!("User/{admin}")]);
+    let one = stdout_lines(&run(stream));
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["aggregate_id"], admin);
+
+    // The same email cannot be registered twice.
+    let mut duplicate = teachin(&db);
+    duplicate
+        .args(["admin", "create", "--email", "NOA.BARAK@example.com"])
+        .env("TEACHIN_ADMIN_PASSWORD", "a long enough password");
+    let output = run(duplicate);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already"));
+}
+
+#[tokio::test]
+async fn events_follow_prints_events_as_they_are_committed() {
+    let db = TestDatabase::new().await;
+    let mut command = teachin(&db);
+    command
+        .args(["events", "--follow", "--limit", "1"])
+        .stdout(Stdio::piped());
+    let follower = command.spawn().unwrap();
+    create_admin(&db, "late@example.com");
+    let output = wait_with_deadline(follower, Duration::from_secs(60));
+    let events = stdout_lines(&output);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event_type"], "UserRegistered");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET; `None` while nothing listens yet.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((status, body))
+}
+
+fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().ok();
+            panic!("the process did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn all_serves_each_roles_health_and_stops_cleanly_on_sigterm() {
+    let db = TestDatabase::empty().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let mut command = teachin(&db);
+    command
+        .arg("all")
+        .env("TEACHIN_MANAGER_PORT", ports[0].to_string())
+        .env("TEACHIN_ACCESSOR_PORT", ports[1].to_string())
+        .env("TEACHIN_ENGINE_PORT", ports[2].to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+
+    for (port, role) in ports.iter().zip(["manager", "accessor", "engine"]) {
+        // Wait until the role listens (it migrates first); bounded, not timed.
+        let started = Instant::now();
+        let (status, body) = loop {
+            if let Some(answer) = http_get(*port, "/readyz") {
+                break answer;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{role} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status, 200, "{role} ready: {body}");
+        assert!(body.contains(role), "{body}");
+        let (status, _) = http_get(*port, "/healthz").unwrap();
+        assert_eq!(status, 200);
+    }
+    // `all` migrated the empty database on start-up.
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 2);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = wait_with_deadline(child, Duration::from_secs(30));
+    assert!(
+        output.status.success(),
+        "clean exit: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
