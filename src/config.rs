@@ -52,9 +52,12 @@ pub struct Settings {
 const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/teachin";
 const LOCAL_LOOKUP_HASH_KEY: &str = "local-only-lookup-hash-key-change-me";
 
+/// Finds a setting's raw value by name.
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 /// Reads settings from a lookup function (the environment, in production; a map, in tests).
 pub struct SettingsSource<'a> {
-    lookup: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    lookup: Lookup<'a>,
 }
 
 impl<'a> SettingsSource<'a> {

@@ -179,7 +179,10 @@ async fn events_prints_a_populated_log_without_personal_data() {
     assert!(!text.contains("argon2"), "password hash in clear");
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["event_type"], "UserRegistered");
-    assert_eq!(events[0]["aggregate_id"], admin, "first admin first: {events:#?}");
+    assert_eq!(
+        events[0]["aggregate_id"], admin,
+        "first admin first: {events:#?}"
+    );
     assert_eq!(events[0]["metadata"]["issued_by"], "system");
     assert_eq!(events[0]["metadata"]["causation_id"], "cli:admin-create");
     assert_eq!(events[0]["payload"]["UserRegistered"]["role"], "Admin");

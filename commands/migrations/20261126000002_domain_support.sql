@@ -20,3 +20,6 @@ CREATE TABLE unique_claims
     claimed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (scope, value_hash)
 );
+
+-- Erasure releases everything a user holds, by owner.
+CREATE INDEX unique_claims_owner ON unique_claims (scope, owner);

@@ -308,8 +308,7 @@ impl DomainError for AchievementError {
     fn kind(&self) -> ErrorKind {
         match self {
             AchievementError::IncrementOutOfRange => ErrorKind::InvalidInput,
-            AchievementError::Port(PortError::Erased(_)) => ErrorKind::Conflict,
-            AchievementError::Port(PortError::Unavailable(_)) => ErrorKind::Unavailable,
+            AchievementError::Port(e) => e.kind(),
         }
     }
 

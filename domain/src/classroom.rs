@@ -15,6 +15,7 @@ use crate::actor::{Actor, Role};
 use crate::error::{DomainError, ErrorKind};
 use crate::ids::{ClassroomId, UserId};
 use crate::services::{ClaimOutcome, ClaimScope, DomainServices, PortError};
+use crate::text;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -225,9 +226,8 @@ impl DomainError for ClassroomError {
             ClassroomError::UserErased(_)
             | ClassroomError::AlreadyCreated
             | ClassroomError::NameTaken
-            | ClassroomError::JoinCodeTaken
-            | ClassroomError::Port(PortError::Erased(_)) => ErrorKind::Conflict,
-            ClassroomError::Port(PortError::Unavailable(_)) => ErrorKind::Unavailable,
+            | ClassroomError::JoinCodeTaken => ErrorKind::Conflict,
+            ClassroomError::Port(e) => e.kind(),
         }
     }
 
@@ -253,30 +253,17 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ClassroomError {
 }
 
 fn valid_name(raw: &str) -> Result<String, ClassroomError> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err(invalid("name", "a class needs a name"));
-    }
-    if name.chars().count() > NAME_MAX_CHARS {
-        return Err(invalid(
-            "name",
-            format!("a class name can be at most {NAME_MAX_CHARS} characters long"),
-        ));
-    }
+    let name = text::bounded(raw, NAME_MAX_CHARS)
+        .map_err(|p| invalid("name", p.reason("a class needs a name", "a class name")))?;
     Ok(name.to_string())
 }
 
 /// A blank description is no description.
 fn valid_description(raw: Option<String>) -> Result<Option<String>, ClassroomError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let description = raw.trim();
-    if description.chars().count() > DESCRIPTION_MAX_CHARS {
-        return Err(invalid(
-            "description",
-            format!("a class description can be at most {DESCRIPTION_MAX_CHARS} characters long"),
-        ));
-    }
-    Ok((!description.is_empty()).then(|| description.to_string()))
+    // `optional` only ever finds a description too long, so no "required" reason is needed.
+    let description = text::optional(raw.as_deref(), DESCRIPTION_MAX_CHARS)
+        .map_err(|p| invalid("description", p.reason("", "a class description")))?;
+    Ok(description.map(str::to_string))
 }
 
 /// The users a membership command names, each once, in the order given.
@@ -630,22 +617,11 @@ mod tests {
         }
 
         fn claim_holder(&self, scope: ClaimScope, value: &str) -> Option<String> {
-            self.world
-                .claims
-                .0
-                .lock()
-                .unwrap()
-                .get(&(scope, value.to_string()))
-                .cloned()
+            self.world.claim_holder(scope, value)
         }
 
         fn hold_claim(&self, scope: ClaimScope, value: &str, owner: &str) {
-            self.world
-                .claims
-                .0
-                .lock()
-                .unwrap()
-                .insert((scope, value.to_string()), owner.to_string());
+            self.world.hold_claim(scope, value, owner);
         }
     }
 
@@ -945,14 +921,7 @@ mod tests {
     #[test]
     fn erased_users_cannot_join() {
         let f = fixture();
-        f.world
-            .users
-            .0
-            .lock()
-            .unwrap()
-            .get_mut(&f.student)
-            .unwrap()
-            .erased = true;
+        f.world.erase_user(f.student);
         let err = f
             .when(
                 f.teachers_class(),

@@ -94,8 +94,7 @@ impl DomainError for GameConfigurationError {
         match self {
             GameConfigurationError::InvalidInput { .. } => ErrorKind::InvalidInput,
             GameConfigurationError::NotFound(_) => ErrorKind::NotFound,
-            GameConfigurationError::Port(PortError::Erased(_)) => ErrorKind::Conflict,
-            GameConfigurationError::Port(PortError::Unavailable(_)) => ErrorKind::Unavailable,
+            GameConfigurationError::Port(e) => e.kind(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod ids;
 pub mod personal_data;
 pub mod services;
+pub mod text;
 pub mod vocabulary;
 
 pub mod achievements;

@@ -16,6 +16,7 @@ use crate::error::{DomainError, ErrorKind};
 use crate::ids::{AttemptId, ExerciseId, RequestId, UserId};
 use crate::personal_data::Sealed;
 use crate::services::{AttemptFacts, DomainServices, PortError};
+use crate::text;
 use crate::vocabulary::{Difficulty, GameType};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -121,8 +122,7 @@ impl DomainError for ExerciseError {
             | ExerciseError::AnswerTooManyItems
             | ExerciseError::AnswerItemTooLong => ErrorKind::InvalidInput,
             ExerciseError::NotFound => ErrorKind::NotFound,
-            ExerciseError::Port(PortError::Erased(_)) => ErrorKind::Conflict,
-            ExerciseError::Port(PortError::Unavailable(_)) => ErrorKind::Unavailable,
+            ExerciseError::Port(e) => e.kind(),
         }
     }
 
@@ -241,18 +241,6 @@ impl Exercise {
     }
 }
 
-/// The sentence, trimmed, if it is one the exercise can be built from.
-fn checked_sentence(sentence: &str) -> Result<&str, ExerciseError> {
-    let sentence = sentence.trim();
-    if sentence.is_empty() {
-        return Err(ExerciseError::SentenceEmpty);
-    }
-    if sentence.chars().count() > MAX_SENTENCE_CHARS {
-        return Err(ExerciseError::SentenceTooLong);
-    }
-    Ok(sentence)
-}
-
 /// The answer with each element trimmed, if its size is within bounds.
 fn checked_answer(given: &[String]) -> Result<Vec<String>, ExerciseError> {
     if given.is_empty() {
@@ -264,12 +252,10 @@ fn checked_answer(given: &[String]) -> Result<Vec<String>, ExerciseError> {
     given
         .iter()
         .map(|item| {
-            let item = item.trim();
-            if item.chars().count() > MAX_ANSWER_ITEM_CHARS {
-                Err(ExerciseError::AnswerItemTooLong)
-            } else {
-                Ok(item.to_string())
-            }
+            // A blank part stays in the answer, as an empty one.
+            let item = text::optional(Some(item), MAX_ANSWER_ITEM_CHARS)
+                .map_err(|_| ExerciseError::AnswerItemTooLong)?;
+            Ok(item.unwrap_or_default().to_string())
         })
         .collect()
 }
@@ -299,7 +285,9 @@ impl Aggregate for Exercise {
                 if self.generated.is_some() {
                     return Err(ExerciseError::AlreadyGenerated);
                 }
-                let sentence = checked_sentence(&sentence)?;
+                let sentence = text::bounded(&sentence, MAX_SENTENCE_CHARS).map_err(|p| {
+                    p.pick(ExerciseError::SentenceEmpty, ExerciseError::SentenceTooLong)
+                })?;
                 let correct_answer = grading::answer_key(game_type, sentence);
                 if correct_answer.is_empty() {
                     return Err(ExerciseError::SentenceHasNoWords);
@@ -724,13 +712,8 @@ mod tests {
     fn an_erased_student_cannot_submit() {
         let (student, _) = ids();
         let world = TestWorld::default();
-        let services = world.services();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(services.vault.shred(student))
-            .unwrap();
-        let error = Framework::with(services)
+        world.shred(student);
+        let error = Framework::with(world.services())
             .given(vec![generated(student, GameType::WordOrder, &["שלום"])])
             .when(submit(AttemptId::new(), student, &["שלום"]))
             .inspect_result()

@@ -4,6 +4,7 @@
 //! event store; [`testing`] implements them in memory for given/when/then tests.
 
 use crate::actor::Role;
+use crate::error::ErrorKind;
 use crate::ids::{AttemptId, ExerciseId, UserId};
 use crate::personal_data::Sealed;
 use crate::vocabulary::{Difficulty, GameType};
@@ -17,6 +18,18 @@ pub enum PortError {
     Erased(UserId),
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl PortError {
+    /// What every aggregate's error makes of a port failure: refusing because the subject
+    /// was erased contradicts the state of things (`Conflict`); anything else is not the
+    /// caller's fault (`Unavailable`).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PortError::Erased(_) => ErrorKind::Conflict,
+            PortError::Unavailable(_) => ErrorKind::Unavailable,
+        }
+    }
 }
 
 /// Where each person's data key lives. Sealing creates the key on first use; shredding
@@ -70,6 +83,10 @@ pub trait UniqueClaims: Send + Sync {
     ) -> Result<ClaimOutcome, PortError>;
     /// Releases the claim if `owner` holds it; a no-op otherwise.
     async fn release(&self, scope: ClaimScope, value: &str, owner: &str) -> Result<(), PortError>;
+    /// Releases every value of `scope` held by `owner`; a no-op if it holds none. For when the
+    /// owner can no longer say which value it holds (an erased user's email is sealed under a
+    /// key that may already be shredded).
+    async fn release_owned(&self, scope: ClaimScope, owner: &str) -> Result<(), PortError>;
 }
 
 /// What a tutor session may know about a practice attempt it explains.
@@ -208,6 +225,13 @@ pub mod testing {
             }
             Ok(())
         }
+        async fn release_owned(&self, scope: ClaimScope, owner: &str) -> Result<(), PortError> {
+            self.0
+                .lock()
+                .unwrap()
+                .retain(|(held_scope, _), holder| *held_scope != scope || holder != owner);
+            Ok(())
+        }
     }
 
     #[derive(Default)]
@@ -246,6 +270,41 @@ pub mod testing {
             self
         }
 
+        /// Marks a user already in the directory as erased.
+        pub fn erase_user(&self, id: UserId) {
+            self.users
+                .0
+                .lock()
+                .unwrap()
+                .get_mut(&id)
+                .expect("only a seeded user can be erased")
+                .erased = true;
+        }
+
+        /// Shreds `subject`'s key, as the vault does during erasure, without any event.
+        pub fn shred(&self, subject: UserId) {
+            self.vault.shredded.lock().unwrap().insert(subject);
+        }
+
+        /// Makes `owner` hold `value` in `scope`, as if it had claimed it earlier.
+        pub fn hold_claim(&self, scope: ClaimScope, value: &str, owner: &str) {
+            self.claims
+                .0
+                .lock()
+                .unwrap()
+                .insert((scope, value.to_string()), owner.to_string());
+        }
+
+        /// Who holds `value` in `scope`, if anyone.
+        pub fn claim_holder(&self, scope: ClaimScope, value: &str) -> Option<String> {
+            self.claims
+                .0
+                .lock()
+                .unwrap()
+                .get(&(scope, value.to_string()))
+                .cloned()
+        }
+
         pub fn with_attempt(self, attempt: AttemptId, facts: AttemptFacts) -> Self {
             self.practice
                 .0
@@ -263,5 +322,50 @@ pub mod testing {
                 practice: self.practice.clone(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestWorld;
+    use super::*;
+
+    #[test]
+    fn port_failures_map_to_conflict_when_erased_and_unavailable_otherwise() {
+        assert_eq!(PortError::Erased(UserId::new()).kind(), ErrorKind::Conflict);
+        assert_eq!(
+            PortError::Unavailable("down".into()).kind(),
+            ErrorKind::Unavailable
+        );
+    }
+
+    #[test]
+    fn releasing_by_owner_frees_only_that_owners_values_in_that_scope() {
+        let world = TestWorld::default();
+        world.hold_claim(ClaimScope::UserEmail, "a@example.com", "dana");
+        world.hold_claim(ClaimScope::UserEmail, "b@example.com", "dana");
+        world.hold_claim(ClaimScope::UserEmail, "c@example.com", "noa");
+        world.hold_claim(ClaimScope::ClassroomName, "hebrew 101", "dana");
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(world.claims.release_owned(ClaimScope::UserEmail, "dana"))
+            .unwrap();
+        assert_eq!(
+            world.claim_holder(ClaimScope::UserEmail, "a@example.com"),
+            None
+        );
+        assert_eq!(
+            world.claim_holder(ClaimScope::UserEmail, "b@example.com"),
+            None
+        );
+        assert_eq!(
+            world.claim_holder(ClaimScope::UserEmail, "c@example.com"),
+            Some("noa".into())
+        );
+        assert_eq!(
+            world.claim_holder(ClaimScope::ClassroomName, "hebrew 101"),
+            Some("dana".into())
+        );
     }
 }

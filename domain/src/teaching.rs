@@ -94,8 +94,7 @@ impl DomainError for TeacherStudentsError {
             TeacherStudentsError::UserNotFound { .. } => ErrorKind::NotFound,
             TeacherStudentsError::WrongRole { .. } => ErrorKind::InvalidInput,
             TeacherStudentsError::UserErased(_) => ErrorKind::Conflict,
-            TeacherStudentsError::Port(PortError::Erased(_)) => ErrorKind::Conflict,
-            TeacherStudentsError::Port(PortError::Unavailable(_)) => ErrorKind::Unavailable,
+            TeacherStudentsError::Port(e) => e.kind(),
         }
     }
 
@@ -274,14 +273,7 @@ mod tests {
         }
 
         fn erase(&self, id: UserId) {
-            self.world
-                .users
-                .0
-                .lock()
-                .unwrap()
-                .get_mut(&id)
-                .unwrap()
-                .erased = true;
+            self.world.erase_user(id);
         }
     }
 

@@ -16,6 +16,7 @@ use crate::error::{DomainError, ErrorKind};
 use crate::ids::{AttemptId, ExerciseId, RequestId, UserId};
 use crate::personal_data::Sealed;
 use crate::services::{DomainServices, PortError};
+use crate::text;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -247,8 +248,7 @@ impl DomainError for TutorSessionError {
             | TitleTooLong
             | ToolNameEmpty
             | ToolNameTooLong => ErrorKind::InvalidInput,
-            Port(PortError::Erased(_)) => ErrorKind::Conflict,
-            Port(PortError::Unavailable(_)) => ErrorKind::Unavailable,
+            Port(e) => e.kind(),
         }
     }
 
@@ -369,22 +369,27 @@ impl TutorSession {
         }
     }
 
+    /// Checks that `student` may ask for a reply to a `kind` message here. `Ok(false)` when
+    /// `request_id` was taken before: a retry, with nothing left to do.
+    fn admits_new_request(
+        &self,
+        student: UserId,
+        kind: SessionKind,
+        request_id: RequestId,
+    ) -> Result<bool, TutorSessionError> {
+        self.check_writer(student)?;
+        if self.reply_status(request_id).is_some() {
+            return Ok(false);
+        }
+        self.check_kind(kind)?;
+        self.check_not_awaiting_reply()?;
+        Ok(true)
+    }
+
     /// The status of a request the engine reports on.
     fn request_status(&self, request_id: RequestId) -> Result<ReplyStatus, TutorSessionError> {
         self.reply_status(request_id)
             .ok_or(TutorSessionError::RequestNotFound)
-    }
-}
-
-/// The text trimmed, if it is 1..=`max` characters long.
-fn trimmed_within<E>(text: &str, max: usize, empty: E, too_long: E) -> Result<&str, E> {
-    let text = text.trim();
-    if text.is_empty() {
-        Err(empty)
-    } else if text.chars().count() > max {
-        Err(too_long)
-    } else {
-        Ok(text)
     }
 }
 
@@ -450,22 +455,19 @@ impl Aggregate for TutorSession {
                 page_context,
                 request_id,
             } => {
-                let text = trimmed_within(
-                    &text,
-                    MAX_MESSAGE_CHARS,
-                    TutorSessionError::MessageEmpty,
-                    TutorSessionError::MessageTooLong,
-                )?;
+                let text = text::bounded(&text, MAX_MESSAGE_CHARS).map_err(|p| {
+                    p.pick(
+                        TutorSessionError::MessageEmpty,
+                        TutorSessionError::MessageTooLong,
+                    )
+                })?;
                 // Only a global-tutor message carries a page context; since a conversation
                 // keeps its kind, only a global conversation ever holds one.
                 let page_context = checked_page_context(kind, page_context.as_deref())?;
-                self.check_writer(student)?;
-                if self.reply_status(request_id).is_some() {
+                if !self.admits_new_request(student, kind, request_id)? {
                     // A retried post: it was taken the first time.
                     return Ok(());
                 }
-                self.check_kind(kind)?;
-                self.check_not_awaiting_reply()?;
                 let fresh = self.student.is_none();
                 if fresh {
                     if let SessionKind::ExplainMistake { exercise, attempt } = kind {
@@ -503,13 +505,10 @@ impl Aggregate for TutorSession {
                 attempt,
                 request_id,
             } => {
-                self.check_writer(student)?;
-                if self.reply_status(request_id).is_some() {
+                let kind = SessionKind::ExplainMistake { exercise, attempt };
+                if !self.admits_new_request(student, kind, request_id)? {
                     return Ok(());
                 }
-                let kind = SessionKind::ExplainMistake { exercise, attempt };
-                self.check_kind(kind)?;
-                self.check_not_awaiting_reply()?;
                 check_attempt(services, student, exercise, attempt).await?;
                 if self.student.is_none() {
                     sink.write(
@@ -587,12 +586,12 @@ impl Aggregate for TutorSession {
 
             TutorSessionCommand::SetTitle { title } => {
                 let student = self.owner()?;
-                let title = trimmed_within(
-                    &title,
-                    MAX_TITLE_CHARS,
-                    TutorSessionError::TitleEmpty,
-                    TutorSessionError::TitleTooLong,
-                )?;
+                let title = text::bounded(&title, MAX_TITLE_CHARS).map_err(|p| {
+                    p.pick(
+                        TutorSessionError::TitleEmpty,
+                        TutorSessionError::TitleTooLong,
+                    )
+                })?;
                 let title = services.vault.seal(student, title).await?;
                 sink.write(TutorSessionEvent::TitleSet { title }, self)
                     .await;
@@ -605,13 +604,14 @@ impl Aggregate for TutorSession {
                 result,
             } => {
                 let student = self.owner()?;
-                let tool = trimmed_within(
-                    &tool,
-                    MAX_TOOL_NAME_CHARS,
-                    TutorSessionError::ToolNameEmpty,
-                    TutorSessionError::ToolNameTooLong,
-                )?
-                .to_string();
+                let tool = text::bounded(&tool, MAX_TOOL_NAME_CHARS)
+                    .map_err(|p| {
+                        p.pick(
+                            TutorSessionError::ToolNameEmpty,
+                            TutorSessionError::ToolNameTooLong,
+                        )
+                    })?
+                    .to_string();
                 if self.request_status(request_id)? != ReplyStatus::InFlight {
                     return Err(TutorSessionError::ReplyNotInFlight);
                 }
@@ -1170,11 +1170,7 @@ mod tests {
     fn an_erased_student_cannot_post() {
         let student = UserId::new();
         let world = TestWorld::default();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(world.services().vault.shred(student))
-            .unwrap();
+        world.shred(student);
         let error = Framework::with(world.services())
             .given_no_previous_events()
             .when(post(

@@ -19,6 +19,7 @@ use crate::error::{DomainError, ErrorKind};
 use crate::ids::UserId;
 use crate::personal_data::Sealed;
 use crate::services::{ClaimOutcome, ClaimScope, DomainServices, PortError};
+use crate::text;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -131,16 +132,13 @@ impl EmailAddress {
     /// local part, a domain with a dot, no spaces — because only a sent email proves an
     /// address; this only catches typing mistakes.
     pub fn parse(raw: &str) -> Result<EmailAddress, UserError> {
-        let address = raw.trim().to_lowercase();
-        if address.is_empty() {
-            return Err(invalid("email", "an email address is required"));
-        }
-        if address.chars().count() > EMAIL_MAX_CHARS {
-            return Err(invalid(
+        let lowered = raw.trim().to_lowercase();
+        let address = text::bounded(&lowered, EMAIL_MAX_CHARS).map_err(|p| {
+            invalid(
                 "email",
-                format!("an email address can be at most {EMAIL_MAX_CHARS} characters long"),
-            ));
-        }
+                p.reason("an email address is required", "an email address"),
+            )
+        })?;
         let well_formed = match address.split_once('@') {
             Some((local, domain)) => {
                 !local.is_empty()
@@ -155,7 +153,7 @@ impl EmailAddress {
         if !well_formed {
             return Err(invalid("email", "this is not a valid email address"));
         }
-        Ok(EmailAddress(address))
+        Ok(EmailAddress(address.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -183,7 +181,7 @@ pub struct User {
     registered: bool,
     erased: bool,
     role: Role,
-    /// Kept to release the email claim on erasure.
+    /// The sealed address as registered; forgotten on erasure.
     email: Option<Sealed>,
     preferred_language: Language,
     /// Students only.
@@ -363,11 +361,10 @@ impl DomainError for UserError {
             UserError::InvalidInput { .. } => ErrorKind::InvalidInput,
             UserError::Forbidden(_) => ErrorKind::Forbidden,
             UserError::NotFound => ErrorKind::NotFound,
-            UserError::AlreadyRegistered
-            | UserError::EmailTaken
-            | UserError::Erased
-            | UserError::Port(PortError::Erased(_)) => ErrorKind::Conflict,
-            UserError::Port(PortError::Unavailable(_)) => ErrorKind::Unavailable,
+            UserError::AlreadyRegistered | UserError::EmailTaken | UserError::Erased => {
+                ErrorKind::Conflict
+            }
+            UserError::Port(e) => e.kind(),
         }
     }
 
@@ -388,16 +385,12 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> UserError {
 
 /// A first or last name: trimmed, present, not absurdly long.
 fn valid_name(raw: &str, field: &'static str, label: &str) -> Result<String, UserError> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err(invalid(field, format!("a {label} is required")));
-    }
-    if name.chars().count() > NAME_MAX_CHARS {
-        return Err(invalid(
+    let name = text::bounded(raw, NAME_MAX_CHARS).map_err(|p| {
+        invalid(
             field,
-            format!("a {label} can be at most {NAME_MAX_CHARS} characters long"),
-        ));
-    }
+            p.reason(&format!("a {label} is required"), &format!("a {label}")),
+        )
+    })?;
     Ok(name.to_string())
 }
 
@@ -406,16 +399,12 @@ fn valid_interests(raw: Vec<String>) -> Result<Vec<String>, UserError> {
     let mut seen = HashSet::new();
     let mut interests = Vec::new();
     for interest in &raw {
-        let interest = interest.trim();
-        if interest.is_empty() {
-            return Err(invalid("interests", "an interest cannot be empty"));
-        }
-        if interest.chars().count() > INTEREST_MAX_CHARS {
-            return Err(invalid(
+        let interest = text::bounded(interest, INTEREST_MAX_CHARS).map_err(|p| {
+            invalid(
                 "interests",
-                format!("an interest can be at most {INTEREST_MAX_CHARS} characters long"),
-            ));
-        }
+                p.reason("an interest cannot be empty", "an interest"),
+            )
+        })?;
         if seen.insert(interest.to_lowercase()) {
             interests.push(interest.to_string());
         }
@@ -684,16 +673,14 @@ impl User {
             actor,
             "only the user themself or an admin can erase an account",
         )?;
-        // The claim holds the email in plaintext, so it must go too; it can only be found
-        // while the key still opens the sealed address.
-        if let Some(sealed_email) = &self.email {
-            if let Some(email) = services.vault.open(sealed_email).await? {
-                services
-                    .claims
-                    .release(ClaimScope::UserEmail, &email, &self.id.to_string())
-                    .await?;
-            }
-        }
+        // The claim holds the email in plaintext, so it must go too. It is released by its
+        // owner rather than by its value: the value would have to be opened with the key,
+        // and a retried erasure may find the key already shredded. Released before the
+        // shred, so a failure here leaves the account intact and the command retryable.
+        services
+            .claims
+            .release_owned(ClaimScope::UserEmail, &self.id.to_string())
+            .await?;
         services.vault.shred(self.id).await?;
         sink.write(UserEvent::UserErased, self).await;
         Ok(())
@@ -954,20 +941,11 @@ mod tests {
     }
 
     fn email_holder(world: &TestWorld, email: &str) -> Option<String> {
-        world
-            .claims
-            .0
-            .lock()
-            .unwrap()
-            .get(&(ClaimScope::UserEmail, email.to_string()))
-            .cloned()
+        world.claim_holder(ClaimScope::UserEmail, email)
     }
 
     fn hold_email(world: &TestWorld, email: &str, owner: &str) {
-        world.claims.0.lock().unwrap().insert(
-            (ClaimScope::UserEmail, email.to_string()),
-            owner.to_string(),
-        );
+        world.hold_claim(ClaimScope::UserEmail, email, owner);
     }
 
     fn error_of(validator: AggregateResultValidator<User>) -> UserError {
@@ -1856,7 +1834,7 @@ mod tests {
     fn erasure_completes_even_if_the_key_was_already_shredded() {
         let id = UserId::new();
         let world = TestWorld::default();
-        block_on(world.services().vault.shred(id)).unwrap();
+        world.shred(id);
         when(
             &world,
             vec![registered(id, Role::Student)],
@@ -1865,6 +1843,31 @@ mod tests {
             },
         )
         .then_expect_events(vec![UserEvent::UserErased]);
+    }
+
+    #[test]
+    fn a_retried_erasure_after_the_shred_still_releases_the_email() {
+        let id = UserId::new();
+        let world = TestWorld::default();
+        hold_email(&world, "dana.levi@example.com", &id.to_string());
+        hold_email(
+            &world,
+            "someone.else@example.com",
+            &UserId::new().to_string(),
+        );
+        // An earlier try shredded the key but never recorded `UserErased`: the sealed
+        // address can no longer be opened.
+        world.shred(id);
+        when(
+            &world,
+            vec![registered(id, Role::Student)],
+            UserCommand::Erase {
+                actor: Actor::user(id, Role::Student),
+            },
+        )
+        .then_expect_events(vec![UserEvent::UserErased]);
+        assert_eq!(email_holder(&world, "dana.levi@example.com"), None);
+        assert!(email_holder(&world, "someone.else@example.com").is_some());
     }
 
     #[test]

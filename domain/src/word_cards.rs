@@ -9,6 +9,7 @@ use crate::error::{DomainError, ErrorKind};
 use crate::ids::{UserId, WordCardId};
 use crate::personal_data::Sealed;
 use crate::services::{DomainServices, PortError};
+use crate::text;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -95,8 +96,7 @@ impl DomainError for WordCardError {
             CardExists => ErrorKind::Conflict,
             CardNotFound => ErrorKind::NotFound,
             NotYourDeck => ErrorKind::Forbidden,
-            Port(PortError::Erased(_)) => ErrorKind::Conflict,
-            Port(PortError::Unavailable(_)) => ErrorKind::Unavailable,
+            Port(e) => e.kind(),
         }
     }
 
@@ -149,23 +149,6 @@ impl WordCardDeck {
     }
 }
 
-/// The text trimmed, if it is 1..=`max` characters long.
-fn trimmed_within(
-    text: &str,
-    max: usize,
-    empty: WordCardError,
-    too_long: WordCardError,
-) -> Result<&str, WordCardError> {
-    let text = text.trim();
-    if text.is_empty() {
-        Err(empty)
-    } else if text.chars().count() > max {
-        Err(too_long)
-    } else {
-        Ok(text)
-    }
-}
-
 impl Aggregate for WordCardDeck {
     const TYPE: &'static str = "WordCardDeck";
     type Command = WordCardCommand;
@@ -187,26 +170,15 @@ impl Aggregate for WordCardDeck {
                 english,
                 explanation,
             } => {
-                let hebrew = trimmed_within(
-                    &hebrew,
-                    MAX_HEBREW_CHARS,
-                    WordCardError::HebrewEmpty,
-                    WordCardError::HebrewTooLong,
-                )?;
-                let english = trimmed_within(
-                    &english,
-                    MAX_ENGLISH_CHARS,
-                    WordCardError::EnglishEmpty,
-                    WordCardError::EnglishTooLong,
-                )?;
+                let hebrew = text::bounded(&hebrew, MAX_HEBREW_CHARS).map_err(|p| {
+                    p.pick(WordCardError::HebrewEmpty, WordCardError::HebrewTooLong)
+                })?;
+                let english = text::bounded(&english, MAX_ENGLISH_CHARS).map_err(|p| {
+                    p.pick(WordCardError::EnglishEmpty, WordCardError::EnglishTooLong)
+                })?;
                 // A blank explanation is no explanation.
-                let explanation = explanation
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|e| !e.is_empty());
-                if explanation.is_some_and(|e| e.chars().count() > MAX_EXPLANATION_CHARS) {
-                    return Err(WordCardError::ExplanationTooLong);
-                }
+                let explanation = text::optional(explanation.as_deref(), MAX_EXPLANATION_CHARS)
+                    .map_err(|_| WordCardError::ExplanationTooLong)?;
                 if self.owner.is_some_and(|o| o != owner) {
                     return Err(WordCardError::NotYourDeck);
                 }
@@ -430,11 +402,7 @@ mod tests {
     fn an_erased_student_cannot_add_cards() {
         let owner = UserId::new();
         let world = TestWorld::default();
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(world.services().vault.shred(owner))
-            .unwrap();
+        world.shred(owner);
         let error = Framework::with(world.services())
             .given_no_previous_events()
             .when(add(owner, WordCardId::new(), "שלום", "hello", None))

@@ -91,4 +91,14 @@ impl UniqueClaims for PostgresClaims {
         .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn release_owned(&self, scope: ClaimScope, owner: &str) -> Result<(), PortError> {
+        sqlx::query("DELETE FROM unique_claims WHERE scope = $1 AND owner = $2")
+            .bind(scope_name(scope))
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
 }
