@@ -329,7 +329,7 @@ impl CommandBus {
         let mut events = Vec::with_capacity(rows.len());
         let mut ours = false;
         for row in rows {
-            let event = upcast(serialized_event(&row), &upcasters);
+            let event = teachin_domain::upcasting::upcast(serialized_event(&row), &upcasters);
             ours |= event
                 .metadata
                 .get(metadata::COMMAND_ID)
@@ -394,17 +394,6 @@ async fn backoff(attempt: u32) {
 /// The domain's upcasters, applied to every event read back from the store.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     teachin_domain::upcasting::upcasters()
-}
-
-/// Applies the first upcaster that claims an event, repeatedly, until none does.
-pub fn upcast(mut event: SerializedEvent, upcasters: &[Box<dyn EventUpcaster>]) -> SerializedEvent {
-    while let Some(upcaster) = upcasters
-        .iter()
-        .find(|u| u.can_upcast(&event.event_type, &event.event_version))
-    {
-        event = upcaster.upcast(event);
-    }
-    event
 }
 
 /// A row of `events` as cqrs-es's serialized form.

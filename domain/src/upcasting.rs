@@ -14,12 +14,25 @@
 //! Upcasters chain: each moves an event one version forward, and an event already at (or
 //! past) an upcaster's version is left untouched.
 
-use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
+use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster, SerializedEvent};
 use serde_json::Value;
 
 /// Every upcaster the event store must apply when it loads events.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     vec![Box::new(progress_recorded_v2())]
+}
+
+/// Brings a stored event to its current version: applies the first of `upcasters` that claims
+/// it, again and again, until none does. Used by everything that reads the log — the event
+/// store, projections, replays.
+pub fn upcast(mut event: SerializedEvent, upcasters: &[Box<dyn EventUpcaster>]) -> SerializedEvent {
+    while let Some(upcaster) = upcasters
+        .iter()
+        .find(|u| u.can_upcast(&event.event_type, &event.event_version))
+    {
+        event = upcaster.upcast(event);
+    }
+    event
 }
 
 /// `ProgressRecorded` 1.0 → 2.0: `increment` became `increment_by` and `total` became

@@ -3,5 +3,18 @@
 //! `teachin events` all consume the log through it, each with its own checkpoint.
 
 pub mod log;
+pub mod projection;
+pub mod read_models;
+pub mod checkpoint;
+pub mod runner;
 
 pub use log::{EventLog, LogPosition, LoggedEvent};
+pub use projection::{ApplyContext, ApplyError, KeyRing, Projection};
+
+/// The domain's upcasters, built once: every read of the log brings events to their
+/// current version with them.
+pub fn upcasters() -> &'static [Box<dyn cqrs_es::persist::EventUpcaster>] {
+    use std::sync::OnceLock;
+    static UPCASTERS: OnceLock<Vec<Box<dyn cqrs_es::persist::EventUpcaster>>> = OnceLock::new();
+    UPCASTERS.get_or_init(teachin_domain::upcasting::upcasters)
+}

@@ -14,7 +14,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{PgExecutor, PgPool, Row};
 use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -110,20 +110,7 @@ impl EventLog {
         after: LogPosition,
         limit: i64,
     ) -> Result<Vec<LoggedEvent>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events
-              WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
-                AND {SETTLED}
-              ORDER BY transaction_id, global_position
-              LIMIT $3"
-        );
-        sqlx::query(&sql)
-            .bind(after.transaction_id.to_string())
-            .bind(after.global_position)
-            .bind(limit)
-            .try_map(|row: PgRow| decode(&row))
-            .fetch_all(&self.pool)
-            .await
+        read_after(&self.pool, after, limit).await
     }
 
     /// One stream's events after `after_sequence` (0 for all), in stream order. Committed
@@ -172,6 +159,32 @@ impl EventLog {
         listener.listen(NOTIFY_CHANNEL).await?;
         Ok(listener)
     }
+}
+
+/// [`EventLog::read_after`] on any executor — a projection reads its batch inside the
+/// transaction that applies it.
+pub async fn read_after<'e, E: PgExecutor<'e>>(
+    executor: E,
+    after: LogPosition,
+    limit: i64,
+) -> Result<Vec<LoggedEvent>, sqlx::Error> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "SELECT {COLUMNS} FROM public.events
+              WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+                AND {SETTLED}
+              ORDER BY transaction_id, global_position
+              LIMIT $3"
+        )
+    });
+    sqlx::query(sql)
+        .bind(after.transaction_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .try_map(|row: PgRow| decode(&row))
+        .fetch_all(executor)
+        .await
 }
 
 fn decode(row: &PgRow) -> Result<LoggedEvent, sqlx::Error> {

@@ -1,0 +1,253 @@
+//! Applying a projection's next batch, exactly once.
+//!
+//! One batch is one transaction: lock the checkpoint row, read the next settled events after
+//! it, let the projection apply them, move the checkpoint, commit. A crash anywhere loses the
+//! whole transaction and nothing else, so the read model and its checkpoint never disagree.
+//!
+//! When a batch fails for a reason that is not transient, the runner isolates the event that
+//! cannot be applied by bisecting the batch — committing the good halves — and halts the
+//! projection on that event, recording its position and the error. It never skips it.
+
+use crate::checkpoint::{self, Status};
+use crate::log::{read_after, LogPosition, LoggedEvent};
+use crate::projection::{ApplyContext, ApplyError, KeyRing, Projection};
+use sqlx::{Connection, PgConnection};
+
+/// Where a projection writes and which checkpoint tracks it: live, or a rebuild's shadow.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub checkpoint: String,
+    pub schema: String,
+}
+
+impl Target {
+    pub fn live(projection: &dyn Projection) -> Self {
+        Target {
+            checkpoint: projection.name().to_string(),
+            schema: "read_model".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// This many events were consumed (applied or ignored) and checkpointed.
+    Applied(usize),
+    /// Nothing settled after the checkpoint.
+    CaughtUp,
+    /// The projection is halted on an event it cannot apply.
+    Halted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The database is unreachable or the transaction lost a race; try again later.
+    #[error("transient database failure: {0}")]
+    Transient(sqlx::Error),
+    /// The checkpoint moved under us: another runner owns this projection now.
+    #[error("the checkpoint of {0} was moved by another runner")]
+    LostOwnership(String),
+}
+
+/// Is this database error worth retrying rather than blaming on the batch?
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            // serialization failure, deadlock, lock timeout, admin shutdown, cancel, too many
+            // connections, and the whole connection-exception class.
+            Some(code) => {
+                matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "57P01" | "57014" | "53300")
+                    || code.starts_with("08")
+            }
+            None => false,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+fn transient(e: sqlx::Error) -> RunError {
+    RunError::Transient(e)
+}
+
+async fn begin_on<'c>(
+    conn: &'c mut PgConnection,
+    target: &Target,
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    // The schema name is ours (read_model or rebuild_<name>), never user input.
+    sqlx::query(&format!("SET LOCAL search_path TO {}, public", target.schema))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+async fn try_apply(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    events: &[LoggedEvent],
+) -> Result<(), ApplyError> {
+    let mut keys = KeyRing::default();
+    let mut cx = ApplyContext {
+        conn,
+        keys: &mut keys,
+    };
+    projection.apply(events, &mut cx).await
+}
+
+/// Applies the next batch of up to `batch_size` events of `projection` into `target`.
+pub async fn next_batch(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    batch_size: i64,
+) -> Result<BatchOutcome, RunError> {
+    checkpoint::ensure(&mut *conn, &target.checkpoint)
+        .await
+        .map_err(transient)?;
+    let mut tx = begin_on(conn, target).await.map_err(transient)?;
+    let cp = checkpoint::lock(&mut tx, &target.checkpoint)
+        .await
+        .map_err(transient)?;
+    if cp.status == Status::Halted {
+        return Ok(BatchOutcome::Halted);
+    }
+    let events = read_after(&mut *tx, cp.position, batch_size)
+        .await
+        .map_err(transient)?;
+    let Some(last) = events.last().map(|e| e.position) else {
+        tx.commit().await.map_err(transient)?;
+        return Ok(BatchOutcome::CaughtUp);
+    };
+    match try_apply(&mut tx, projection, &events).await {
+        Ok(()) => {
+            checkpoint::advance(&mut tx, &target.checkpoint, last, events.len() as i64)
+                .await
+                .map_err(transient)?;
+            tx.commit().await.map_err(transient)?;
+            Ok(BatchOutcome::Applied(events.len()))
+        }
+        Err(ApplyError::Database(e)) if is_transient(&e) => Err(RunError::Transient(e)),
+        Err(failure) => {
+            drop(tx); // rolls back
+            isolate(conn, projection, target, cp.position, &events, failure).await
+        }
+    }
+}
+
+/// The batch `events` (starting right after `from`) failed with `failure`: commit what can
+/// be applied, then halt on the event that cannot.
+async fn isolate(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    from: LogPosition,
+    events: &[LoggedEvent],
+    failure: ApplyError,
+) -> Result<BatchOutcome, RunError> {
+    // A poison report names its event: everything before it is good.
+    if let ApplyError::Poison { event_id, reason } = &failure {
+        if let Some(index) = events.iter().position(|e| e.event_id == *event_id) {
+            if index > 0 {
+                if let Err(other) =
+                    apply_exactly(conn, projection, target, from, &events[..index]).await?
+                {
+                    // Something before the named event fails too: isolate that first.
+                    return Box::pin(isolate(conn, projection, target, from, &events[..index], other))
+                        .await;
+                }
+            }
+            halt(conn, target, &events[index], reason).await?;
+            return Ok(BatchOutcome::Halted);
+        }
+    }
+    // A database error does not say which event caused it: bisect.
+    if events.len() == 1 {
+        halt(conn, target, &events[0], &failure.to_string()).await?;
+        return Ok(BatchOutcome::Halted);
+    }
+    let (first, second) = events.split_at(events.len() / 2);
+    match apply_exactly(conn, projection, target, from, first).await? {
+        Err(error) => Box::pin(isolate(conn, projection, target, from, first, error)).await,
+        Ok(()) => {
+            let after_first = first.last().expect("a half is never empty").position;
+            match apply_exactly(conn, projection, target, after_first, second).await? {
+                Ok(()) => Ok(BatchOutcome::Applied(events.len())),
+                Err(error) => {
+                    Box::pin(isolate(conn, projection, target, after_first, second, error)).await
+                }
+            }
+        }
+    }
+}
+
+/// Applies exactly `events` (which must follow `from`) in one transaction. The outer error is
+/// the runner's problem, the inner one the batch's.
+async fn apply_exactly(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    from: LogPosition,
+    events: &[LoggedEvent],
+) -> Result<Result<(), ApplyError>, RunError> {
+    let mut tx = begin_on(conn, target).await.map_err(transient)?;
+    let cp = checkpoint::lock(&mut tx, &target.checkpoint)
+        .await
+        .map_err(transient)?;
+    if cp.position != from {
+        return Err(RunError::LostOwnership(target.checkpoint.clone()));
+    }
+    match try_apply(&mut tx, projection, events).await {
+        Ok(()) => {
+            let last = events.last().expect("never called with no events").position;
+            checkpoint::advance(&mut tx, &target.checkpoint, last, events.len() as i64)
+                .await
+                .map_err(transient)?;
+            tx.commit().await.map_err(transient)?;
+            Ok(Ok(()))
+        }
+        Err(ApplyError::Database(e)) if is_transient(&e) => Err(RunError::Transient(e)),
+        Err(failure) => Ok(Err(failure)),
+    }
+}
+
+async fn halt(
+    conn: &mut PgConnection,
+    target: &Target,
+    event: &LoggedEvent,
+    reason: &str,
+) -> Result<(), RunError> {
+    tracing::error!(
+        projection = %target.checkpoint,
+        position = %event.position,
+        event_id = %event.event_id,
+        event_type = %event.event_type,
+        reason,
+        "projection halted on an event it cannot apply"
+    );
+    checkpoint::halt(&mut *conn, &target.checkpoint, event.event_id, event.position, reason)
+        .await
+        .map_err(transient)
+}
+
+/// Applies batches until nothing settled is left (or the projection halts). Returns how many
+/// events were consumed. For rebuilds, tests and the bench; the daemon runs batches itself.
+pub async fn catch_up(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    batch_size: i64,
+) -> Result<(usize, BatchOutcome), RunError> {
+    let mut total = 0;
+    loop {
+        match next_batch(conn, projection, target, batch_size).await? {
+            BatchOutcome::Applied(n) => total += n,
+            done => return Ok((total, done)),
+        }
+    }
+}
