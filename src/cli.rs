@@ -31,6 +31,36 @@ pub enum Command {
     /// Administrative commands.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Inspect and operate the projections (read models).
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Measure the system on this machine against baselines measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Projection lag under load, and full rebuild vs a raw scan of the log.
+    Projections(crate::bench::projections::ProjectionBenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's position, lag, and why it halted if it did.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild from the start of the log into shadow tables, then swap them in. Reads keep
+    /// working throughout; a halted projection runs again afterwards.
+    Rebuild {
+        /// The projection's name (see `status`), or `all`.
+        name: String,
+    },
+    /// Let a halted projection try its failed event again (after a fix is deployed).
+    Resume { name: String },
 }
 
 #[derive(Debug, Args)]

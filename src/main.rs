@@ -2,14 +2,16 @@
 //! together — configuration, logging, the chosen command; see ARCHITECTURE.md for the map.
 
 mod admin;
+mod bench;
 mod cli;
 mod config;
 mod log_view;
+mod projection_ops;
 mod roles;
 mod telemetry;
 
 use clap::Parser;
-use cli::{AdminCommand, Cli, Command};
+use cli::{AdminCommand, BenchCommand, Cli, Command};
 use roles::Role;
 use std::process::ExitCode;
 
@@ -61,6 +63,14 @@ async fn run(command: Command, settings: config::Settings) -> anyhow::Result<()>
         Command::Events(args) => {
             let pool = roles::connect(&settings).await?;
             log_view::print(teachin_projections::EventLog::new(pool), args).await
+        }
+        Command::Bench(BenchCommand::Projections(args)) => {
+            bench::projections::run(&settings, args).await.map(|_| ())
+        }
+        Command::Projections(command) => {
+            let pool = roles::connect(&settings).await?;
+            roles::migrate(&pool).await?;
+            projection_ops::run(pool, command).await
         }
         Command::Admin(AdminCommand::Create(args)) => {
             let pool = roles::connect(&settings).await?;

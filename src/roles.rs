@@ -1,6 +1,9 @@
 //! Starting the roles. Each role migrates the database (under sqlx's advisory lock, so
-//! replicas starting together don't race), then serves its health endpoints on its own port
-//! until SIGINT/SIGTERM. `teachin all` runs the three in one process over one pool.
+//! replicas starting together don't race), serves its health endpoints on its own port, and
+//! runs its workers until SIGINT/SIGTERM:
+//! - accessor: the projection daemon (every read model follows the log).
+//!
+//! `teachin all` runs the three in one process over one pool.
 
 use crate::config::Settings;
 use anyhow::Context;
@@ -79,6 +82,19 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 })
                 .await
+        });
+    }
+
+    if roles.contains(&Role::Accessor) {
+        let daemon = teachin_projections::daemon::ProjectionDaemon::new(
+            pool.clone(),
+            teachin_projections::read_models::all(),
+            teachin_projections::daemon::DaemonSettings::default(),
+        );
+        let stop = stop_rx.clone();
+        servers.spawn(async move {
+            daemon.run(stop).await;
+            Ok(())
         });
     }
 

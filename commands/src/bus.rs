@@ -214,7 +214,7 @@ impl CommandBus {
         context: &CommandContext,
     ) -> Result<CommandReceipt<A>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = DomainServices>,
+        A: Aggregate<Services = DomainServices> + Clone,
         A::Command: Clone + Serialize,
     {
         let command_id = Uuid::new_v4();
@@ -237,9 +237,12 @@ impl CommandBus {
             let outcome = async {
                 use cqrs_es::AggregateContext;
                 let mut loaded = store.load_aggregate(aggregate_id).await?;
+                // The sink applies each event to the aggregate it is handed, and a snapshot
+                // commit applies the new events to the loaded aggregate again: deciding on a
+                // copy keeps the loaded state as it was, so snapshots never double-apply.
+                let mut deciding = loaded.aggregate().clone();
                 let sink = cqrs_es::event_sink::EventSink::<A>::default();
-                loaded
-                    .aggregate()
+                deciding
                     .handle(command.clone(), &self.services, &sink)
                     .await
                     .map_err(AggregateError::UserError)?;

@@ -12,6 +12,8 @@ pub mod migrations;
 pub mod ports;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "workload")]
+pub mod workload;
 
 pub use bus::{
     AggregateReader, BusSettings, CommandBus, CommandContext, CommandError, CommandReceipt,

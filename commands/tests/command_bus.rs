@@ -355,3 +355,60 @@ async fn an_old_version_event_in_the_store_is_upcast_on_load() {
     assert_eq!(state.count(Feature::WordCards), 3, "the old total counts");
     assert_eq!(receipt.events[0].sequence, 2);
 }
+
+#[tokio::test]
+async fn snapshots_hold_each_event_once() {
+    use teachin_domain::ids::{AttemptId, ExerciseId, RequestId};
+    use teachin_domain::practice::{Exercise, ExerciseCommand, ExerciseEvent};
+    use teachin_domain::vocabulary::{Difficulty, GameType};
+
+    let db = TestDatabase::new().await;
+    let bus = bus(
+        &db,
+        BusSettings {
+            snapshot_every: 2,
+            ..BusSettings::default()
+        },
+    );
+    let student = UserId::new();
+    let exercise = ExerciseId::new();
+    let context = student_context(student);
+    bus.execute::<Exercise>(
+        &exercise.to_string(),
+        ExerciseCommand::Generate {
+            student,
+            game_type: GameType::WordOrder,
+            difficulty: Difficulty::Easy,
+            nikud: false,
+            sentence: "אני לומד עברית".into(),
+            request_id: RequestId::new(),
+        },
+        &context,
+    )
+    .await
+    .unwrap();
+    let mut numbers = Vec::new();
+    for _ in 0..5 {
+        let receipt = bus
+            .execute::<Exercise>(
+                &exercise.to_string(),
+                ExerciseCommand::SubmitAttempt {
+                    attempt_id: AttemptId::new(),
+                    student,
+                    given_answer: vec!["עברית".into(), "אני".into(), "לומד".into()],
+                },
+                &context,
+            )
+            .await
+            .unwrap();
+        for event in receipt.events {
+            if let ExerciseEvent::AttemptGraded { attempt_number, .. } = event.payload {
+                numbers.push(attempt_number);
+            }
+        }
+    }
+    // A snapshot that double-applied events would count attempts twice.
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5]);
+    let state: Exercise = bus.reader().load(&exercise.to_string()).await.unwrap();
+    assert_eq!(state.attempts().len(), 5);
+}

@@ -18,6 +18,22 @@ pub struct Checkpoint {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
+impl Checkpoint {
+    /// How a projection that never ran is reported.
+    pub fn not_started(name: &str) -> Self {
+        Checkpoint {
+            name: name.to_string(),
+            position: LogPosition::START,
+            events_applied: 0,
+            status: Status::Running,
+            failed_event_id: None,
+            failed_position: None,
+            failure: None,
+            updated_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -62,10 +78,12 @@ fn from_row(row: Row) -> Checkpoint {
 
 /// Creates the row at the start of the log if it does not exist yet.
 pub async fn ensure<'e>(executor: impl PgExecutor<'e>, name: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO public.projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(name)
-        .execute(executor)
-        .await?;
+    sqlx::query(
+        "INSERT INTO public.projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
@@ -143,7 +161,10 @@ pub async fn all<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<Checkpoint>, s
     Ok(rows.into_iter().map(from_row).collect())
 }
 
-pub async fn get<'e>(executor: impl PgExecutor<'e>, name: &str) -> Result<Option<Checkpoint>, sqlx::Error> {
+pub async fn get<'e>(
+    executor: impl PgExecutor<'e>,
+    name: &str,
+) -> Result<Option<Checkpoint>, sqlx::Error> {
     let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE name = $1"))
         .bind(name)
         .fetch_optional(executor)

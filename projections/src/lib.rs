@@ -2,10 +2,16 @@
 //! event log: projections, the realtime feed, the outbox relay and the operator's
 //! `teachin events` all consume the log through it, each with its own checkpoint.
 
+pub mod analytics;
+pub mod checkpoint;
+pub mod daemon;
+pub mod feed;
 pub mod log;
 pub mod projection;
+pub mod queries;
 pub mod read_models;
-pub mod checkpoint;
+pub mod rebuild;
+pub mod replay;
 pub mod runner;
 
 pub use log::{EventLog, LogPosition, LoggedEvent};

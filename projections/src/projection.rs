@@ -54,7 +54,7 @@ impl LoggedEvent {
             self.payload.clone(),
             self.metadata.clone(),
         );
-        let current = teachin_domain::upcasting::upcast(stored, &crate::upcasters());
+        let current = teachin_domain::upcasting::upcast(stored, crate::upcasters());
         serde_json::from_value(current.payload).map_err(|e| {
             ApplyError::poison(
                 self,
@@ -68,8 +68,12 @@ impl LoggedEvent {
 
     /// The aggregate id parsed as a UUID (every Teachin aggregate id is one).
     pub fn aggregate_uuid(&self) -> Result<Uuid, ApplyError> {
-        Uuid::parse_str(&self.aggregate_id)
-            .map_err(|_| ApplyError::poison(self, format!("aggregate id `{}` is not a UUID", self.aggregate_id)))
+        Uuid::parse_str(&self.aggregate_id).map_err(|_| {
+            ApplyError::poison(
+                self,
+                format!("aggregate id `{}` is not a UUID", self.aggregate_id),
+            )
+        })
     }
 
     /// Who issued the command, as stored in the metadata (`user:<id>:<role>`, `system`...).
@@ -163,5 +167,9 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str];
     /// Applies `batch` (in log order, possibly including events it ignores) inside the
     /// batch transaction.
-    async fn apply(&self, batch: &[LoggedEvent], cx: &mut ApplyContext<'_>) -> Result<(), ApplyError>;
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError>;
 }

@@ -56,8 +56,10 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             // serialization failure, deadlock, lock timeout, admin shutdown, cancel, too many
             // connections, and the whole connection-exception class.
             Some(code) => {
-                matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "57P01" | "57014" | "53300")
-                    || code.starts_with("08")
+                matches!(
+                    code.as_ref(),
+                    "40001" | "40P01" | "55P03" | "57P01" | "57014" | "53300"
+                ) || code.starts_with("08")
             }
             None => false,
         },
@@ -81,9 +83,12 @@ async fn begin_on<'c>(
 ) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     // The schema name is ours (read_model or rebuild_<name>), never user input.
-    sqlx::query(&format!("SET LOCAL search_path TO {}, public", target.schema))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(&format!(
+        "SET LOCAL search_path TO {}, public",
+        target.schema
+    ))
+    .execute(&mut *tx)
+    .await?;
     Ok(tx)
 }
 
@@ -100,12 +105,26 @@ async fn try_apply(
     projection.apply(events, &mut cx).await
 }
 
+/// Told about every batch right after it commits (the bench measures lag with it).
+pub type BatchObserver = dyn Fn(&str, &[LoggedEvent]) + Send + Sync;
+
 /// Applies the next batch of up to `batch_size` events of `projection` into `target`.
 pub async fn next_batch(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     target: &Target,
     batch_size: i64,
+) -> Result<BatchOutcome, RunError> {
+    next_batch_observed(conn, projection, target, batch_size, None).await
+}
+
+/// [`next_batch`], reporting the committed batch to `observer`.
+pub async fn next_batch_observed(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    batch_size: i64,
+    observer: Option<&BatchObserver>,
 ) -> Result<BatchOutcome, RunError> {
     checkpoint::ensure(&mut *conn, &target.checkpoint)
         .await
@@ -130,6 +149,9 @@ pub async fn next_batch(
                 .await
                 .map_err(transient)?;
             tx.commit().await.map_err(transient)?;
+            if let Some(observer) = observer {
+                observer(&target.checkpoint, &events);
+            }
             Ok(BatchOutcome::Applied(events.len()))
         }
         Err(ApplyError::Database(e)) if is_transient(&e) => Err(RunError::Transient(e)),
@@ -158,8 +180,15 @@ async fn isolate(
                     apply_exactly(conn, projection, target, from, &events[..index]).await?
                 {
                     // Something before the named event fails too: isolate that first.
-                    return Box::pin(isolate(conn, projection, target, from, &events[..index], other))
-                        .await;
+                    return Box::pin(isolate(
+                        conn,
+                        projection,
+                        target,
+                        from,
+                        &events[..index],
+                        other,
+                    ))
+                    .await;
                 }
             }
             halt(conn, target, &events[index], reason).await?;
@@ -179,7 +208,15 @@ async fn isolate(
             match apply_exactly(conn, projection, target, after_first, second).await? {
                 Ok(()) => Ok(BatchOutcome::Applied(events.len())),
                 Err(error) => {
-                    Box::pin(isolate(conn, projection, target, after_first, second, error)).await
+                    Box::pin(isolate(
+                        conn,
+                        projection,
+                        target,
+                        after_first,
+                        second,
+                        error,
+                    ))
+                    .await
                 }
             }
         }
@@ -230,9 +267,15 @@ async fn halt(
         reason,
         "projection halted on an event it cannot apply"
     );
-    checkpoint::halt(&mut *conn, &target.checkpoint, event.event_id, event.position, reason)
-        .await
-        .map_err(transient)
+    checkpoint::halt(
+        &mut *conn,
+        &target.checkpoint,
+        event.event_id,
+        event.position,
+        reason,
+    )
+    .await
+    .map_err(transient)
 }
 
 /// Applies batches until nothing settled is left (or the projection halts). Returns how many

@@ -31,7 +31,11 @@ impl Projection for GameConfigs {
         &["game_configs"]
     }
 
-    async fn apply(&self, batch: &[LoggedEvent], cx: &mut ApplyContext<'_>) -> Result<(), ApplyError> {
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError> {
         // Final state per (user, game): Some = saved, None = deleted.
         let mut rows: HashMap<(Uuid, String), Option<Row>> = HashMap::new();
         for event in batch

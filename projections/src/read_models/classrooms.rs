@@ -1,0 +1,210 @@
+//! `classrooms` and `classroom_members`: every existing class and who is in it. A deleted
+//! class is removed with its members. A member's `role` is the one they had when they joined,
+//! spelled as serde writes it (`Student` | `Teacher` | `Admin`).
+
+use super::{decode_all, serde_name};
+use crate::log::LoggedEvent;
+use crate::projection::{ApplyContext, ApplyError, Projection};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use std::collections::{HashMap, HashSet};
+use teachin_domain::classroom::{Classroom, ClassroomEvent};
+use uuid::Uuid;
+
+pub struct Classrooms;
+
+struct ClassRow {
+    name: String,
+    description: Option<String>,
+    join_code: String,
+    created_by: Option<Uuid>,
+    created_at: DateTime<Utc>,
+}
+
+struct MemberRow {
+    role: String,
+    added_by: Option<Uuid>,
+    added_at: DateTime<Utc>,
+}
+
+#[async_trait]
+impl Projection for Classrooms {
+    fn name(&self) -> &'static str {
+        "classrooms"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["classrooms", "classroom_members"]
+    }
+
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError> {
+        // Final state per class and per membership: Some = saved, None = deleted.
+        let mut classes: HashMap<Uuid, Option<ClassRow>> = HashMap::new();
+        let mut members: HashMap<(Uuid, Uuid), Option<MemberRow>> = HashMap::new();
+        // Classes deleted in this batch: their members from earlier batches go too.
+        let mut deleted: HashSet<Uuid> = HashSet::new();
+        for (logged, event) in decode_all::<ClassroomEvent>(batch, Classroom::TYPE)? {
+            let class = logged.aggregate_uuid()?;
+            match event {
+                ClassroomEvent::ClassroomCreated {
+                    classroom_id: _,
+                    name,
+                    description,
+                    join_code,
+                    created_by,
+                } => {
+                    classes.insert(
+                        class,
+                        Some(ClassRow {
+                            name,
+                            description,
+                            join_code: join_code.to_string(),
+                            created_by: created_by.map(|u| u.0),
+                            created_at: logged.recorded_at,
+                        }),
+                    );
+                }
+                ClassroomEvent::MemberAdded {
+                    user,
+                    role,
+                    added_by,
+                } => {
+                    members.insert(
+                        (class, user.0),
+                        Some(MemberRow {
+                            role: serde_name(&role),
+                            added_by: added_by.map(|u| u.0),
+                            added_at: logged.recorded_at,
+                        }),
+                    );
+                }
+                ClassroomEvent::MemberRemoved { user } => {
+                    members.insert((class, user.0), None);
+                }
+                ClassroomEvent::ClassroomDeleted => {
+                    classes.insert(class, None);
+                    deleted.insert(class);
+                    for ((member_class, _), row) in members.iter_mut() {
+                        if *member_class == class {
+                            *row = None;
+                        }
+                    }
+                }
+            }
+        }
+        if classes.is_empty() && members.is_empty() {
+            return Ok(());
+        }
+
+        // Deletes first: a deleted class releases its join code for a class created later.
+        let deleted: Vec<Uuid> = deleted.into_iter().collect();
+        if !deleted.is_empty() {
+            sqlx::query("DELETE FROM classrooms WHERE classroom_id = ANY($1)")
+                .bind(&deleted)
+                .execute(&mut *cx.conn)
+                .await?;
+            sqlx::query("DELETE FROM classroom_members WHERE classroom_id = ANY($1)")
+                .bind(&deleted)
+                .execute(&mut *cx.conn)
+                .await?;
+        }
+        let (mut gone_classes, mut gone_users) = (vec![], vec![]);
+        let mut m = MemberColumns::default();
+        for ((class, user), row) in members {
+            match row {
+                Some(row) => {
+                    m.classroom_id.push(class);
+                    m.user_id.push(user);
+                    m.role.push(row.role);
+                    m.added_by.push(row.added_by);
+                    m.added_at.push(row.added_at);
+                }
+                None => {
+                    gone_classes.push(class);
+                    gone_users.push(user);
+                }
+            }
+        }
+        if !gone_classes.is_empty() {
+            sqlx::query(
+                "DELETE FROM classroom_members
+                  WHERE (classroom_id, user_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))",
+            )
+            .bind(&gone_classes)
+            .bind(&gone_users)
+            .execute(&mut *cx.conn)
+            .await?;
+        }
+
+        let mut c = ClassColumns::default();
+        for (class, row) in classes {
+            if let Some(row) = row {
+                c.classroom_id.push(class);
+                c.name.push(row.name);
+                c.description.push(row.description);
+                c.join_code.push(row.join_code);
+                c.created_by.push(row.created_by);
+                c.created_at.push(row.created_at);
+            }
+        }
+        if !c.classroom_id.is_empty() {
+            sqlx::query(
+                "INSERT INTO classrooms (classroom_id, name, description, join_code, created_by, created_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[],
+                                      $6::timestamptz[])
+                 ON CONFLICT (classroom_id) DO UPDATE SET
+                    name = EXCLUDED.name, description = EXCLUDED.description,
+                    join_code = EXCLUDED.join_code, created_by = EXCLUDED.created_by,
+                    created_at = EXCLUDED.created_at",
+            )
+            .bind(&c.classroom_id)
+            .bind(&c.name)
+            .bind(&c.description)
+            .bind(&c.join_code)
+            .bind(&c.created_by)
+            .bind(&c.created_at)
+            .execute(&mut *cx.conn)
+            .await?;
+        }
+        if !m.classroom_id.is_empty() {
+            sqlx::query(
+                "INSERT INTO classroom_members (classroom_id, user_id, role, added_by, added_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[])
+                 ON CONFLICT (classroom_id, user_id) DO UPDATE SET
+                    role = EXCLUDED.role, added_by = EXCLUDED.added_by, added_at = EXCLUDED.added_at",
+            )
+            .bind(&m.classroom_id)
+            .bind(&m.user_id)
+            .bind(&m.role)
+            .bind(&m.added_by)
+            .bind(&m.added_at)
+            .execute(&mut *cx.conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct ClassColumns {
+    classroom_id: Vec<Uuid>,
+    name: Vec<String>,
+    description: Vec<Option<String>>,
+    join_code: Vec<String>,
+    created_by: Vec<Option<Uuid>>,
+    created_at: Vec<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct MemberColumns {
+    classroom_id: Vec<Uuid>,
+    user_id: Vec<Uuid>,
+    role: Vec<String>,
+    added_by: Vec<Option<Uuid>>,
+    added_at: Vec<DateTime<Utc>>,
+}

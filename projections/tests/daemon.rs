@@ -1,0 +1,367 @@
+//! The projection daemon against the real database: catch-up and live following, two
+//! daemons competing for the same projections, a poisoned event halting only its projection,
+//! and a rebuild swapping in while readers keep reading.
+//!
+//! Waiting is bounded polling of an observable condition, never a fixed sleep.
+
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use teachin_commands::testing::TestDatabase;
+use teachin_commands::{command_bus, BusSettings, CommandBus, CommandContext, PortSecrets};
+use teachin_domain::actor::Actor;
+use teachin_domain::game_config::{GameConfiguration, GameConfigurationCommand};
+use teachin_domain::ids::UserId;
+use teachin_domain::vocabulary::{Difficulty, GameType};
+use teachin_projections::checkpoint::{self, Status};
+use teachin_projections::daemon::{DaemonSettings, ProjectionDaemon};
+use teachin_projections::read_models::GameConfigs;
+use teachin_projections::{rebuild, ApplyContext, ApplyError, LoggedEvent, Projection};
+use tokio::sync::watch;
+
+fn bus(db: &TestDatabase) -> CommandBus {
+    command_bus(
+        db.pool.clone(),
+        PortSecrets {
+            claims_hash_key: b"k".to_vec(),
+        },
+        BusSettings::default(),
+    )
+}
+
+async fn save_config(bus: &CommandBus, user: UserId, sentences: u8) {
+    bus.execute::<GameConfiguration>(
+        &user.to_string(),
+        GameConfigurationCommand::Save {
+            game: GameType::TypingPractice,
+            difficulty: Difficulty::Hard,
+            nikud: sentences % 2 == 0,
+            number_of_sentences: sentences,
+        },
+        &CommandContext::new(Actor::System, "test"),
+    )
+    .await
+    .unwrap();
+}
+
+fn quick() -> DaemonSettings {
+    DaemonSettings {
+        batch_size: 7,
+        idle_poll_min: Duration::from_millis(5),
+        idle_poll_max: Duration::from_millis(50),
+        takeover_every: Duration::from_millis(50),
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn count(db: &TestDatabase, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
+}
+
+fn start(
+    db: &TestDatabase,
+    projections: Vec<Arc<dyn Projection>>,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = watch::channel(false);
+    let daemon = ProjectionDaemon::new(db.pool.clone(), projections, quick());
+    (stop, tokio::spawn(daemon.run(stopped)))
+}
+
+#[tokio::test]
+async fn catches_up_from_zero_then_follows_new_commits() {
+    let db = TestDatabase::new().await;
+    let bus = bus(&db);
+    let users: Vec<UserId> = (0..5).map(|_| UserId::new()).collect();
+    for user in &users {
+        save_config(&bus, *user, 3).await;
+    }
+    let (stop, daemon) = start(&db, vec![Arc::new(GameConfigs)]);
+    eventually("catch-up", || async {
+        count(&db, "SELECT count(*) FROM read_model.game_configs").await == 5
+    })
+    .await;
+
+    // Live: a new commit is projected without restarting anything.
+    save_config(&bus, users[0], 9).await;
+    eventually("live update", || async {
+        count(
+            &db,
+            "SELECT count(*) FROM read_model.game_configs WHERE number_of_sentences = 9",
+        )
+        .await
+            == 1
+    })
+    .await;
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+}
+
+/// Counts how many times each event is applied: exactly-once means every count is 1.
+struct ApplicationCounter;
+
+#[async_trait]
+impl Projection for ApplicationCounter {
+    fn name(&self) -> &'static str {
+        "application_counter"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["applied_events"]
+    }
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError> {
+        let ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.event_id).collect();
+        sqlx::query(
+            "INSERT INTO applied_events (event_id, times) SELECT id, 1 FROM UNNEST($1::uuid[]) AS id
+             ON CONFLICT (event_id) DO UPDATE SET times = applied_events.times + 1",
+        )
+        .bind(&ids)
+        .execute(&mut *cx.conn)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn create_counter_table(db: &TestDatabase) {
+    sqlx::query(
+        "CREATE TABLE read_model.applied_events (event_id uuid PRIMARY KEY, times int NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn two_daemons_competing_apply_each_event_once_and_one_takes_over_from_the_other() {
+    let db = TestDatabase::new().await;
+    create_counter_table(&db).await;
+    let bus = bus(&db);
+    let (stop_a, daemon_a) = start(&db, vec![Arc::new(ApplicationCounter)]);
+    let (stop_b, daemon_b) = start(&db, vec![Arc::new(ApplicationCounter)]);
+
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let user = UserId::new();
+                for n in 1..=10 {
+                    save_config(&bus, user, n).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let total = count(&db, "SELECT count(*) FROM events").await;
+    eventually("both daemons together apply everything", || async {
+        count(&db, "SELECT count(*) FROM read_model.applied_events").await == total
+    })
+    .await;
+
+    // Stop whichever owns it; the other takes over and keeps following.
+    stop_a.send(true).unwrap();
+    daemon_a.await.unwrap();
+    for n in 1..=5 {
+        save_config(&bus, UserId::new(), n).await;
+    }
+    let total = count(&db, "SELECT count(*) FROM events").await;
+    eventually("the survivor follows", || async {
+        count(&db, "SELECT count(*) FROM read_model.applied_events").await == total
+    })
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM read_model.applied_events WHERE times <> 1"
+        )
+        .await,
+        0,
+        "an event was applied more than once"
+    );
+    stop_b.send(true).unwrap();
+    daemon_b.await.unwrap();
+}
+
+/// Refuses events of one user until told the bug is fixed.
+struct Fussy {
+    poisoned_user: String,
+    fixed: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Projection for Fussy {
+    fn name(&self) -> &'static str {
+        "fussy"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        _cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError> {
+        match batch.iter().find(|e| e.aggregate_id == self.poisoned_user) {
+            Some(event) if !self.fixed.load(Ordering::SeqCst) => Err(ApplyError::poison(
+                event,
+                "this projection cannot handle that user yet",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_poisoned_event_halts_only_its_projection_until_resumed() {
+    let db = TestDatabase::new().await;
+    let bus = bus(&db);
+    let (good, bad, later) = (UserId::new(), UserId::new(), UserId::new());
+    save_config(&bus, good, 1).await;
+    save_config(&bus, bad, 2).await;
+    save_config(&bus, later, 3).await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let fussy = Arc::new(Fussy {
+        poisoned_user: bad.to_string(),
+        fixed: fixed.clone(),
+    });
+    let (stop, daemon) = start(&db, vec![fussy, Arc::new(GameConfigs)]);
+
+    eventually("fussy halts", || async {
+        matches!(checkpoint::get(&db.pool, "fussy").await.unwrap(), Some(c) if c.status == Status::Halted)
+    })
+    .await;
+    let halted = checkpoint::get(&db.pool, "fussy").await.unwrap().unwrap();
+    let poisoned_event: uuid::Uuid =
+        sqlx::query_scalar("SELECT event_id FROM events WHERE aggregate_id = $1")
+            .bind(bad.to_string())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(halted.failed_event_id, Some(poisoned_event));
+    assert!(halted.failure.unwrap().contains("cannot handle"));
+    assert_eq!(
+        halted.events_applied, 1,
+        "the event before the poison was applied"
+    );
+    // The other projection is unaffected.
+    eventually("game_configs carries on", || async {
+        count(&db, "SELECT count(*) FROM read_model.game_configs").await == 3
+    })
+    .await;
+
+    fixed.store(true, Ordering::SeqCst);
+    checkpoint::resume(&db.pool, "fussy").await.unwrap();
+    eventually("fussy resumes past the event", || async {
+        checkpoint::get(&db.pool, "fussy")
+            .await
+            .unwrap()
+            .unwrap()
+            .events_applied
+            == 3
+    })
+    .await;
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+}
+
+async fn dump(db: &TestDatabase) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT format('%s %s %s %s %s', user_id, game, difficulty, nikud, number_of_sentences)
+           FROM read_model.game_configs ORDER BY user_id, game",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_rebuild_swaps_in_while_reads_and_the_live_daemon_continue() {
+    let db = TestDatabase::new().await;
+    let bus = bus(&db);
+    for n in 1..=40 {
+        save_config(&bus, UserId::new(), (n % 10) + 1).await;
+    }
+    let (stop, daemon) = start(&db, vec![Arc::new(GameConfigs)]);
+    eventually("initial catch-up", || async {
+        count(&db, "SELECT count(*) FROM read_model.game_configs").await == 40
+    })
+    .await;
+    let before = dump(&db).await;
+
+    // Readers hammer the live table during the rebuild; none may fail or see it shrink.
+    let reading = Arc::new(AtomicBool::new(true));
+    let reader = tokio::spawn({
+        let pool = db.pool.clone();
+        let reading = reading.clone();
+        async move {
+            let mut reads = 0u32;
+            while reading.load(Ordering::SeqCst) {
+                let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM read_model.game_configs")
+                    .fetch_one(&pool)
+                    .await
+                    .expect("reads keep working during a rebuild");
+                assert!(
+                    rows >= 40,
+                    "the read model shrank to {rows} rows during a rebuild"
+                );
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        }
+    });
+    // Writes keep coming too.
+    let writer = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            for n in 1..=10 {
+                save_config(&bus, UserId::new(), n).await;
+            }
+        }
+    });
+    let report = rebuild::rebuild(&db.pool, &GameConfigs, 3).await.unwrap();
+    writer.await.unwrap();
+    reading.store(false, Ordering::SeqCst);
+    assert!(reader.await.unwrap() > 0);
+    assert!(report.events >= 40);
+
+    eventually("the live daemon follows on the swapped tables", || async {
+        count(&db, "SELECT count(*) FROM read_model.game_configs").await == 50
+    })
+    .await;
+    let after = dump(&db).await;
+    for row in &before {
+        assert!(after.contains(row), "row lost in the rebuild: {row}");
+    }
+    // The swapped table keeps the live table's keys and index names.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'read_model' AND tablename = 'game_configs'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, vec!["game_configs_pkey".to_string()]);
+    let leftover: i64 = count(
+        &db,
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild_%'",
+    )
+    .await;
+    assert_eq!(leftover, 0);
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+}

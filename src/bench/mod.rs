@@ -1,0 +1,58 @@
+//! `teachin bench`: measurements of this system on this machine, each beside a baseline
+//! measured in the same run. Every run starts from a fresh database of its own on the
+//! configured server and drops it at the end.
+
+pub mod projections;
+
+use crate::config::Settings;
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// A throw-away database for one bench run.
+pub struct BenchDatabase {
+    server: PgConnectOptions,
+    name: String,
+    pub pool: PgPool,
+}
+
+impl BenchDatabase {
+    pub async fn create(settings: &Settings, connections: u32) -> anyhow::Result<Self> {
+        let server = settings.database.clone().database("postgres");
+        let name = format!("teachin_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect_with(&server)
+            .await
+            .context("connecting to the PostgreSQL server for the bench")?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .connect_with(server.clone().database(&name))
+            .await?;
+        teachin_commands::migrations::run(&pool).await?;
+        Ok(Self { server, name, pool })
+    }
+
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect_with(&self.server).await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The value at quantile `q` (0..=1) of sorted samples.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
