@@ -45,6 +45,11 @@ pub struct Settings {
     pub engine_port: u16,
     /// Keys the hashes of unique values (emails, class names).
     pub lookup_hash_key: Vec<u8>,
+    /// Redis for the realtime feed (and, later, sessions and presence): a `redis://` URL
+    /// with this environment's database index.
+    pub redis_url: String,
+    /// Separates this environment's keys and channels on a shared Redis.
+    pub namespace: String,
     pub log_filter: String,
     pub log_json: bool,
 }
@@ -168,7 +173,27 @@ impl<'a> SettingsSource<'a> {
             }
         };
 
+        let redis_db: u8 = self.parsed("TEACHIN_REDIS_DB", 0, "a Redis database index (0-15)")?;
+        if redis_db > 15 {
+            return Err(ConfigError::new(
+                "TEACHIN_REDIS_DB",
+                format!("{redis_db} is not a Redis database index (0-15)"),
+            ));
+        }
+        let redis_url = match self.first(&["REDIS_URL", "ConnectionStrings__Redis"]) {
+            Some((name, raw)) => {
+                parse_redis(&raw, redis_db).map_err(|p| ConfigError::new(&name, p))?
+            }
+            None => format!("redis://127.0.0.1:6379/{redis_db}"),
+        };
+        let namespace = match &environment {
+            Environment::Local => "local".to_string(),
+            Environment::Cloud(name) => name.clone(),
+        };
+
         Ok(Settings {
+            redis_url,
+            namespace,
             environment,
             database,
             database_max_connections,
@@ -230,6 +255,49 @@ pub fn parse_postgres(raw: &str) -> Result<PgConnectOptions, String> {
     Ok(options)
 }
 
+/// Accepts a `redis://` / `rediss://` URL (used as given), or the StackExchange.Redis form the
+/// .NET services and Key Vault use (`host:port,password=...,ssl=True,abortConnect=False`),
+/// turned into a URL on database `db`.
+pub fn parse_redis(raw: &str, db: u8) -> Result<String, String> {
+    if raw.starts_with("redis://") || raw.starts_with("rediss://") {
+        return Ok(raw.to_string());
+    }
+    let mut parts = raw.split(',').map(str::trim).filter(|p| !p.is_empty());
+    let endpoint = parts
+        .next()
+        .filter(|e| !e.contains('='))
+        .ok_or("expected a redis:// URL or host:port,password=... settings")?;
+    let (mut password, mut tls) = (None, false);
+    for part in parts {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` is not a key=value setting"))?;
+        match key.trim().to_ascii_lowercase().as_str() {
+            "password" => password = Some(value.to_string()),
+            "ssl" => tls = value.eq_ignore_ascii_case("true"),
+            // Client-side knobs of StackExchange.Redis with no meaning here.
+            _ => {}
+        }
+    }
+    let scheme = if tls { "rediss" } else { "redis" };
+    let auth = password
+        .map(|p| format!(":{}@", percent_encode(&p)))
+        .unwrap_or_default();
+    Ok(format!("{scheme}://{auth}{endpoint}/{db}"))
+}
+
+/// Escapes what a URL's userinfo cannot hold as is.
+fn percent_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +353,30 @@ mod tests {
         .unwrap();
         assert_eq!(s.environment, Environment::Cloud("prod".into()));
         assert!(s.log_json);
+    }
+
+    #[test]
+    fn accepts_redis_urls_and_the_stackexchange_form() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379/0");
+        assert_eq!(s.namespace, "local");
+        let s = load(&[
+            (
+                "ConnectionStrings__Redis",
+                "redis.redis.svc:6379,password=p@ss/w,ssl=True,abortConnect=False",
+            ),
+            ("TEACHIN_REDIS_DB", "2"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis_url, "rediss://:p%40ss%2Fw@redis.redis.svc:6379/2");
+        assert_eq!(
+            load(&[("TEACHIN_REDIS_DB", "16")]).unwrap_err().name,
+            "TEACHIN_REDIS_DB"
+        );
+        assert_eq!(
+            load(&[("REDIS_URL", "password=x")]).unwrap_err().name,
+            "REDIS_URL"
+        );
     }
 
     #[test]

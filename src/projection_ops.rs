@@ -8,9 +8,8 @@ use std::sync::Arc;
 use teachin_projections::checkpoint::{self, Checkpoint};
 use teachin_projections::{read_models, rebuild, Projection};
 
-/// Counting the events a projection still has to apply stops here (it is a status line, not
-/// an audit).
-const LAG_COUNT_LIMIT: i64 = 100_000;
+/// Counting the events a projection still has to apply stops here.
+const LAG_COUNT_LIMIT: i64 = teachin_projections::checkpoint::LAG_COUNT_LIMIT;
 
 /// Events per rebuild transaction: large batches fold more events per written row.
 pub const REBUILD_BATCH: i64 = 5000;
@@ -79,21 +78,23 @@ async fn status(
 ) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     let stored = checkpoint::all(pool).await?;
-    for projection in catalogue {
+    // The read models, then every other checkpointed subscriber (the realtime feed, a
+    // rebuild in progress).
+    let mut names: Vec<String> = catalogue.iter().map(|p| p.name().to_string()).collect();
+    names.extend(
+        stored
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|n| !names.contains(n))
+            .collect::<Vec<_>>(),
+    );
+    for name in names {
         let checkpoint = stored
             .iter()
-            .find(|c| c.name == projection.name())
+            .find(|c| c.name == name)
             .cloned()
-            .unwrap_or_else(|| Checkpoint::not_started(projection.name()));
-        let lag_events: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM events
-                WHERE (transaction_id, global_position) > ($1::text::xid8, $2) LIMIT $3) AS pending",
-        )
-        .bind(checkpoint.position.transaction_id.to_string())
-        .bind(checkpoint.position.global_position)
-        .bind(LAG_COUNT_LIMIT)
-        .fetch_one(pool)
-        .await?;
+            .unwrap_or_else(|| Checkpoint::not_started(&name));
+        let lag_events = checkpoint::lag_events(pool, checkpoint.position, LAG_COUNT_LIMIT).await?;
         lines.push(StatusLine {
             checkpoint,
             lag_events,

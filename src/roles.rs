@@ -1,7 +1,8 @@
 //! Starting the roles. Each role migrates the database (under sqlx's advisory lock, so
 //! replicas starting together don't race), serves its health endpoints on its own port, and
 //! runs its workers until SIGINT/SIGTERM:
-//! - accessor: the projection daemon (every read model follows the log).
+//! - accessor: the projection daemon (every read model follows the log) and the realtime
+//!   feed publisher (log → Redis pub/sub).
 //!
 //! `teachin all` runs the three in one process over one pool.
 
@@ -74,7 +75,10 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr} for the {}", role.name()))?;
         tracing::info!(role = role.name(), %addr, "serving health endpoints");
-        let app = teachin_api::health::router(role.name(), pool.clone());
+        let mut app = teachin_api::health::router(role.name(), pool.clone());
+        if role == Role::Accessor {
+            app = app.merge(teachin_api::metrics::router(pool.clone()));
+        }
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
             axum::serve(listener, app)
@@ -96,6 +100,12 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
             daemon.run(stop).await;
             Ok(())
         });
+        servers.spawn(publish_feed(
+            pool.clone(),
+            settings.redis_url.clone(),
+            settings.namespace.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     shutdown_signal().await;
@@ -105,6 +115,33 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
         result.context("a role task panicked")??;
     }
     pool.close().await;
+    Ok(())
+}
+
+/// Runs the realtime feed publisher, reconnecting to Redis until shutdown. Projections do not
+/// wait for Redis: without it only the pushes pause (and resume from their checkpoint).
+async fn publish_feed(
+    pool: PgPool,
+    redis_url: String,
+    namespace: String,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use teachin_projections::feed::{FeedConfig, FeedPublisher};
+    while !*stop.borrow() {
+        match FeedPublisher::connect(pool.clone(), &redis_url, FeedConfig::new(namespace.clone()))
+            .await
+        {
+            Ok(publisher) => match publisher.run(stop.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(error = %e, "realtime feed stopped; restarting"),
+            },
+            Err(e) => tracing::warn!(error = %e, "realtime feed cannot reach Redis; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
     Ok(())
 }
 

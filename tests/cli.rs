@@ -302,6 +302,12 @@ async fn all_serves_each_roles_health_and_stops_cleanly_on_sigterm() {
         let (status, _) = http_get(*port, "/healthz").unwrap();
         assert_eq!(status, 200);
     }
+    let (status, metrics) = http_get(ports[1], "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("teachin_projection_halted{projection=\"users\"} 0"),
+        "{metrics}"
+    );
     // `all` migrated the empty database on start-up.
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&db.pool)
@@ -319,4 +325,64 @@ async fn all_serves_each_roles_health_and_stops_cleanly_on_sigterm() {
         "clean exit: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test]
+async fn projections_status_and_rebuild_from_the_command_line() {
+    let db = TestDatabase::new().await;
+    let admin = create_admin(&db, "ops@example.com");
+
+    let status = |db: &TestDatabase| {
+        let mut command = teachin(db);
+        command.args(["projections", "status", "--json"]);
+        let output = run(command);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout_lines(&output)
+    };
+    let before = status(&db);
+    assert_eq!(before.len(), teachin_projections::read_models::all().len());
+    let users = before.iter().find(|l| l["name"] == "users").unwrap();
+    assert_eq!(users["status"], "running");
+    assert_eq!(users["events_applied"], 0);
+
+    // The settled horizon is cluster-wide: repeat (boundedly) until the rebuild saw the event.
+    let started = Instant::now();
+    let role = loop {
+        let mut rebuild = teachin(&db);
+        rebuild.args(["projections", "rebuild", "users"]);
+        let output = run(rebuild);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("rebuilt users"));
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT role FROM read_model.users WHERE user_id = $1::uuid")
+                .bind(&admin)
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap();
+        if let Some((role,)) = row {
+            break role;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the rebuild never saw the admin"
+        );
+    };
+    assert_eq!(role, "Admin");
+    let after = status(&db);
+    let users = after.iter().find(|l| l["name"] == "users").unwrap();
+    assert_eq!(users["lag_events"], 0);
+
+    let mut unknown = teachin(&db);
+    unknown.args(["projections", "rebuild", "nonsense"]);
+    let output = run(unknown);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("known: "));
 }

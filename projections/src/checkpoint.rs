@@ -171,3 +171,23 @@ pub async fn get<'e>(
         .await?;
     Ok(row.map(from_row))
 }
+
+/// Where status and metrics stop counting a projection's backlog.
+pub const LAG_COUNT_LIMIT: i64 = 100_000;
+
+/// Events committed after `position`, counted up to `cap` (a status figure, not an audit).
+pub async fn lag_events<'e>(
+    executor: impl PgExecutor<'e>,
+    position: LogPosition,
+    cap: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM public.events
+            WHERE (transaction_id, global_position) > ($1::text::xid8, $2) LIMIT $3) AS pending",
+    )
+    .bind(position.transaction_id.to_string())
+    .bind(position.global_position)
+    .bind(cap)
+    .fetch_one(executor)
+    .await
+}

@@ -93,8 +93,19 @@ impl ProjectionDaemon {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Woke {
+    TimedOut,
+    Notified,
+    ShuttingDown,
+}
+
 /// Waits for `duration`, a wake-up, or shutdown — whichever comes first.
-async fn pause(duration: Duration, waker: Option<&Notify>, shutdown: &mut watch::Receiver<bool>) {
+async fn pause(
+    duration: Duration,
+    waker: Option<&Notify>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Woke {
     let woken = async {
         match waker {
             Some(waker) => waker.notified().await,
@@ -102,9 +113,9 @@ async fn pause(duration: Duration, waker: Option<&Notify>, shutdown: &mut watch:
         }
     };
     tokio::select! {
-        _ = tokio::time::sleep(duration) => {}
-        _ = woken => {}
-        _ = shutdown.wait_for(|stop| *stop) => {}
+        _ = tokio::time::sleep(duration) => Woke::TimedOut,
+        _ = woken => Woke::Notified,
+        _ = shutdown.wait_for(|stop| *stop) => Woke::ShuttingDown,
     }
 }
 
@@ -173,6 +184,12 @@ async fn follow(
             pause(settings.takeover_every, None, &mut shutdown).await;
             continue;
         }
+        if let Err(e) = runner::prepare(&mut conn, &target).await {
+            tracing::warn!(projection = name, error = %e, "cannot prepare the connection");
+            drop(conn);
+            pause(settings.takeover_every, None, &mut shutdown).await;
+            continue;
+        }
         tracing::info!(projection = name, "following the log");
         let mut idle = settings.idle_poll_min;
         loop {
@@ -190,8 +207,12 @@ async fn follow(
             match outcome {
                 Ok(BatchOutcome::Applied(_)) => idle = settings.idle_poll_min,
                 Ok(BatchOutcome::CaughtUp) => {
-                    pause(idle, Some(&waker), &mut shutdown).await;
-                    idle = (idle * 2).min(settings.idle_poll_max);
+                    // A commit resets the back-off; only a quiet log lengthens it.
+                    if pause(idle, Some(&waker), &mut shutdown).await == Woke::Notified {
+                        idle = settings.idle_poll_min;
+                    } else {
+                        idle = (idle * 2).min(settings.idle_poll_max);
+                    }
                 }
                 Ok(BatchOutcome::Halted) => {
                     // Stays halted until resumed or rebuilt; the check is the next batch.

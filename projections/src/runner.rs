@@ -77,19 +77,16 @@ fn transient(e: sqlx::Error) -> RunError {
     RunError::Transient(e)
 }
 
-async fn begin_on<'c>(
-    conn: &'c mut PgConnection,
-    target: &Target,
-) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
+/// Readies a connection that will apply batches for `target` (and nothing else): creates the
+/// checkpoint row if needed and points the session's `search_path` at the target schema, so
+/// each batch costs no more round trips than it must.
+pub async fn prepare(conn: &mut PgConnection, target: &Target) -> Result<(), sqlx::Error> {
+    checkpoint::ensure(&mut *conn, &target.checkpoint).await?;
     // The schema name is ours (read_model or rebuild_<name>), never user input.
-    sqlx::query(&format!(
-        "SET LOCAL search_path TO {}, public",
-        target.schema
-    ))
-    .execute(&mut *tx)
-    .await?;
-    Ok(tx)
+    sqlx::query(&format!("SET search_path TO {}, public", target.schema))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 async fn try_apply(
@@ -108,7 +105,8 @@ async fn try_apply(
 /// Told about every batch right after it commits (the bench measures lag with it).
 pub type BatchObserver = dyn Fn(&str, &[LoggedEvent]) + Send + Sync;
 
-/// Applies the next batch of up to `batch_size` events of `projection` into `target`.
+/// Applies the next batch of up to `batch_size` events of `projection` into `target`, on a
+/// connection readied with [`prepare`].
 pub async fn next_batch(
     conn: &mut PgConnection,
     projection: &dyn Projection,
@@ -126,10 +124,7 @@ pub async fn next_batch_observed(
     batch_size: i64,
     observer: Option<&BatchObserver>,
 ) -> Result<BatchOutcome, RunError> {
-    checkpoint::ensure(&mut *conn, &target.checkpoint)
-        .await
-        .map_err(transient)?;
-    let mut tx = begin_on(conn, target).await.map_err(transient)?;
+    let mut tx = conn.begin().await.map_err(transient)?;
     let cp = checkpoint::lock(&mut tx, &target.checkpoint)
         .await
         .map_err(transient)?;
@@ -232,7 +227,7 @@ async fn apply_exactly(
     from: LogPosition,
     events: &[LoggedEvent],
 ) -> Result<Result<(), ApplyError>, RunError> {
-    let mut tx = begin_on(conn, target).await.map_err(transient)?;
+    let mut tx = conn.begin().await.map_err(transient)?;
     let cp = checkpoint::lock(&mut tx, &target.checkpoint)
         .await
         .map_err(transient)?;
@@ -286,11 +281,18 @@ pub async fn catch_up(
     target: &Target,
     batch_size: i64,
 ) -> Result<(usize, BatchOutcome), RunError> {
+    prepare(conn, target).await.map_err(transient)?;
     let mut total = 0;
-    loop {
-        match next_batch(conn, projection, target, batch_size).await? {
-            BatchOutcome::Applied(n) => total += n,
-            done => return Ok((total, done)),
+    let outcome = loop {
+        match next_batch(conn, projection, target, batch_size).await {
+            Ok(BatchOutcome::Applied(n)) => total += n,
+            done => break done,
         }
-    }
+    };
+    // The connection may go back to a pool: leave its session as it was.
+    sqlx::query("RESET search_path")
+        .execute(&mut *conn)
+        .await
+        .map_err(transient)?;
+    Ok((total, outcome?))
 }
