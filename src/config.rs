@@ -54,7 +54,7 @@ pub struct Settings {
     pub log_json: bool,
 }
 
-const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/teachin";
+const LOCAL_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/teachin";
 const LOCAL_LOOKUP_HASH_KEY: &str = "local-only-lookup-hash-key-change-me";
 
 /// Finds a setting's raw value by name.

@@ -386,3 +386,29 @@ async fn projections_status_and_rebuild_from_the_command_line() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("known: "));
 }
+
+#[tokio::test]
+async fn the_projection_bench_harness_runs_in_smoke_mode() {
+    let db = TestDatabase::empty().await;
+    let mut command = teachin(&db);
+    command.args(["bench", "projections", "--smoke"]);
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("| commands | achieved/s"), "{report}");
+    assert!(
+        report.contains("| raw scan events/s | rebuild events/s"),
+        "{report}"
+    );
+    // The bench cleans up the database it created.
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE 'teachin_bench_%'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
+}

@@ -9,7 +9,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use uuid::Uuid;
 
-pub const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_SERVER_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
 
 pub fn server_url() -> String {
     std::env::var("TEACHIN_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER_URL.into())

@@ -8,12 +8,10 @@
 //! function, [`resolve_period`]. The summaries count what the original left at zero
 //! (`totalCards`, `totalLearned`).
 
-use crate::queries::json_strings;
+use crate::queries::{enum_column, strings_column};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
-use std::str::FromStr;
 use teachin_domain::achievements::{achievement, Feature};
 use teachin_domain::vocabulary::{Difficulty, GameType};
 use uuid::Uuid;
@@ -55,7 +53,7 @@ pub fn resolve_period(
 
 // ---- Views -----------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct StudentDailyActivity {
     pub student_id: Uuid,
@@ -67,7 +65,7 @@ pub struct StudentDailyActivity {
     pub tutor_messages: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct ClassDailyActivity {
     pub classroom_id: Uuid,
@@ -106,7 +104,7 @@ pub struct MistakePattern {
     pub newest_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct AchievementsDaily {
     pub day: NaiveDate,
@@ -115,7 +113,7 @@ pub struct AchievementsDaily {
     pub unlocked: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct AiUsageDaily {
     pub day: NaiveDate,
@@ -131,7 +129,7 @@ pub struct AiUsageDaily {
     pub students: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrationsDaily {
     pub day: NaiveDate,
@@ -148,7 +146,7 @@ pub struct OverviewSummary {
     pub summary: OverviewCounts,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct OverviewCounts {
     pub total_attempts: i64,
@@ -208,14 +206,17 @@ pub struct MistakesOverview {
     pub uncorrected_examples: Vec<UncorrectedExample>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct MistakeCounts {
     /// Failed attempts in the period whose exercise was never answered correctly.
+    #[sqlx(rename = "mistakes")]
     pub total_uncorrected_mistakes: i64,
     /// Of those exercises, the ones tried more than once.
+    #[sqlx(rename = "retried")]
     pub retried_but_not_corrected: i64,
     /// Exercises with such failed attempts.
+    #[sqlx(rename = "exercises")]
     pub uncorrected_exercises: i64,
 }
 
@@ -252,7 +253,7 @@ pub struct WordCardsSummary {
     pub new_cards: Vec<CardMoment>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct WordCardCounts {
     /// Cards the user had at the end of the period (the original always said 0).
@@ -263,7 +264,7 @@ pub struct WordCardCounts {
     pub total_learned: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct CardMoment {
     pub card_id: Uuid,
@@ -299,15 +300,6 @@ pub struct Analytics {
     pool: PgPool,
 }
 
-fn enum_col<T: FromStr<Err = String>>(row: &PgRow, column: &str) -> Result<T, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    text.parse()
-        .map_err(|reason: String| sqlx::Error::ColumnDecode {
-            index: column.to_string(),
-            source: reason.into(),
-        })
-}
-
 fn rate(part: i64, whole: i64) -> f64 {
     if whole == 0 {
         0.0
@@ -334,7 +326,7 @@ impl Analytics {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<StudentDailyActivity>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query_as::<_, StudentDailyActivity>(
             "SELECT student_id, day, attempts, successes, accuracy_avg::float8 AS accuracy_avg,
                     word_cards_added, tutor_messages
              FROM analytics.student_daily_activity
@@ -345,20 +337,7 @@ impl Analytics {
         .bind(to)
         .bind(student_id)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(StudentDailyActivity {
-                student_id: row.try_get("student_id")?,
-                day: row.try_get("day")?,
-                attempts: row.try_get("attempts")?,
-                successes: row.try_get("successes")?,
-                accuracy_avg: row.try_get("accuracy_avg")?,
-                word_cards_added: row.try_get("word_cards_added")?,
-                tutor_messages: row.try_get("tutor_messages")?,
-            })
-        })
-        .collect()
+        .await
     }
 
     /// `analytics.class_daily_activity` of one classroom between two UTC dates (inclusive).
@@ -368,7 +347,7 @@ impl Analytics {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<ClassDailyActivity>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query_as::<_, ClassDailyActivity>(
             "SELECT classroom_id, day, active_students, attempts, successes,
                     accuracy_avg::float8 AS accuracy_avg, word_cards_added, tutor_messages
              FROM analytics.class_daily_activity
@@ -379,21 +358,7 @@ impl Analytics {
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(ClassDailyActivity {
-                classroom_id: row.try_get("classroom_id")?,
-                day: row.try_get("day")?,
-                active_students: row.try_get("active_students")?,
-                attempts: row.try_get("attempts")?,
-                successes: row.try_get("successes")?,
-                accuracy_avg: row.try_get("accuracy_avg")?,
-                word_cards_added: row.try_get("word_cards_added")?,
-                tutor_messages: row.try_get("tutor_messages")?,
-            })
-        })
-        .collect()
+        .await
     }
 
     /// `analytics.accuracy_trends` between two UTC dates (inclusive).
@@ -418,8 +383,8 @@ impl Analytics {
         .map(|row| {
             Ok(AccuracyTrend {
                 day: row.try_get("day")?,
-                game_type: enum_col(row, "game_type")?,
-                difficulty: enum_col(row, "difficulty")?,
+                game_type: enum_column(row, "game_type")?,
+                difficulty: enum_column(row, "difficulty")?,
                 attempts: row.try_get("attempts")?,
                 successes: row.try_get("successes")?,
                 success_rate: row.try_get("success_rate")?,
@@ -443,8 +408,8 @@ impl Analytics {
         .iter()
         .map(|row| {
             Ok(MistakePattern {
-                game_type: enum_col(row, "game_type")?,
-                difficulty: enum_col(row, "difficulty")?,
+                game_type: enum_column(row, "game_type")?,
+                difficulty: enum_column(row, "difficulty")?,
                 uncleared_failed_attempts: row.try_get("uncleared_failed_attempts")?,
                 exercises_affected: row.try_get("exercises_affected")?,
                 students_affected: row.try_get("students_affected")?,
@@ -462,24 +427,14 @@ impl Analytics {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<AchievementsDaily>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query_as::<_, AchievementsDaily>(
             "SELECT day, achievement_key, feature, unlocked FROM analytics.achievements_daily
              WHERE day BETWEEN $1 AND $2 ORDER BY day, achievement_key",
         )
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(AchievementsDaily {
-                day: row.try_get("day")?,
-                achievement_key: row.try_get("achievement_key")?,
-                feature: row.try_get("feature")?,
-                unlocked: row.try_get("unlocked")?,
-            })
-        })
-        .collect()
+        .await
     }
 
     /// `analytics.ai_usage_daily` between two UTC dates (inclusive).
@@ -488,7 +443,7 @@ impl Analytics {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<AiUsageDaily>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query_as::<_, AiUsageDaily>(
             "SELECT day, model, requests, completed, failed, pending, prompt_tokens,
                     completion_tokens, avg_latency_ms::float8 AS avg_latency_ms,
                     p95_latency_ms, students
@@ -498,24 +453,7 @@ impl Analytics {
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(AiUsageDaily {
-                day: row.try_get("day")?,
-                model: row.try_get("model")?,
-                requests: row.try_get("requests")?,
-                completed: row.try_get("completed")?,
-                failed: row.try_get("failed")?,
-                pending: row.try_get("pending")?,
-                prompt_tokens: row.try_get("prompt_tokens")?,
-                completion_tokens: row.try_get("completion_tokens")?,
-                avg_latency_ms: row.try_get("avg_latency_ms")?,
-                p95_latency_ms: row.try_get("p95_latency_ms")?,
-                students: row.try_get("students")?,
-            })
-        })
-        .collect()
+        .await
     }
 
     /// `analytics.registrations_daily` between two UTC dates (inclusive).
@@ -524,23 +462,14 @@ impl Analytics {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<RegistrationsDaily>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query_as::<_, RegistrationsDaily>(
             "SELECT day, role, registrations FROM analytics.registrations_daily
              WHERE day BETWEEN $1 AND $2 ORDER BY day, role",
         )
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(RegistrationsDaily {
-                day: row.try_get("day")?,
-                role: row.try_get("role")?,
-                registrations: row.try_get("registrations")?,
-            })
-        })
-        .collect()
+        .await
     }
 
     // ---- Period summaries (per student) ----------------------------------------------------
@@ -551,7 +480,7 @@ impl Analytics {
         user_id: Uuid,
         period: Period,
     ) -> Result<OverviewSummary, sqlx::Error> {
-        let row = sqlx::query(
+        let summary = sqlx::query_as::<_, OverviewCounts>(
             "SELECT
                  (SELECT count(*) FROM read_model.attempts
                   WHERE student_id = $1 AND created_at BETWEEN $2 AND $3) AS total_attempts,
@@ -568,15 +497,7 @@ impl Analytics {
         .bind(period.end_date)
         .fetch_one(&self.pool)
         .await?;
-        Ok(OverviewSummary {
-            period,
-            summary: OverviewCounts {
-                total_attempts: row.try_get("total_attempts")?,
-                words_learned: row.try_get("words_learned")?,
-                achievements_unlocked: row.try_get("achievements_unlocked")?,
-                practice_days: row.try_get("practice_days")?,
-            },
-        })
+        Ok(OverviewSummary { period, summary })
     }
 
     /// Success and accuracy overall, per game and per day, and the uncorrected mistakes.
@@ -621,7 +542,7 @@ impl Analytics {
         .map(|row| {
             let attempts: i64 = row.try_get("attempts")?;
             Ok(GameTypePractice {
-                game_type: enum_col(row, "game_type")?,
+                game_type: enum_column(row, "game_type")?,
                 attempts,
                 success_rate: rate(row.try_get("successes")?, attempts),
                 average_accuracy: round_to(row.try_get("accuracy")?, 2),
@@ -658,7 +579,7 @@ impl Analytics {
              AND NOT a.correct
              AND NOT EXISTS (SELECT 1 FROM read_model.attempts ok
                              WHERE ok.exercise_id = a.exercise_id AND ok.correct)";
-        let counts = sqlx::query(&format!(
+        let counts = sqlx::query_as::<_, MistakeCounts>(&format!(
             "SELECT count(*) AS mistakes,
                     count(DISTINCT a.exercise_id) AS exercises,
                     count(DISTINCT a.exercise_id) FILTER (
@@ -686,8 +607,8 @@ impl Analytics {
         .iter()
         .map(|row| {
             Ok(MistakePatternCount {
-                game_type: enum_col(row, "game_type")?,
-                difficulty: enum_col(row, "difficulty")?,
+                game_type: enum_column(row, "game_type")?,
+                difficulty: enum_column(row, "difficulty")?,
                 count: row.try_get("count")?,
             })
         })
@@ -708,15 +629,13 @@ impl Analytics {
         .await?
         .iter()
         .map(|row| {
-            let correct: Option<serde_json::Value> = row.try_get("correct_answer")?;
-            let given: Option<serde_json::Value> = row.try_get("given_answer")?;
             Ok(UncorrectedExample {
                 exercise_id: row.try_get("exercise_id")?,
                 attempt_id: row.try_get("attempt_id")?,
-                game_type: enum_col(row, "game_type")?,
-                difficulty: enum_col(row, "difficulty")?,
-                correct_answer: correct.map(json_strings).unwrap_or_default(),
-                given_answer: given.map(json_strings).unwrap_or_default(),
+                game_type: enum_column(row, "game_type")?,
+                difficulty: enum_column(row, "difficulty")?,
+                correct_answer: strings_column(row, "correct_answer")?,
+                given_answer: strings_column(row, "given_answer")?,
                 accuracy: row.try_get("accuracy")?,
                 attempt_number: row.try_get("attempt_number")?,
                 created_at: row.try_get("created_at")?,
@@ -730,11 +649,7 @@ impl Analytics {
             by_game_type,
             daily,
             mistakes: MistakesOverview {
-                summary: MistakeCounts {
-                    total_uncorrected_mistakes: counts.try_get("mistakes")?,
-                    retried_but_not_corrected: counts.try_get("retried")?,
-                    uncorrected_exercises: counts.try_get("exercises")?,
-                },
+                summary: counts,
                 patterns,
                 uncorrected_examples,
             },
@@ -748,7 +663,7 @@ impl Analytics {
         period: Period,
     ) -> Result<WordCardsSummary, sqlx::Error> {
         let (start, end) = (period.start_date, period.end_date);
-        let counts = sqlx::query(
+        let summary = sqlx::query_as::<_, WordCardCounts>(
             "SELECT count(*) FILTER (WHERE created_at <= $3) AS total_cards,
                     count(*) FILTER (WHERE created_at BETWEEN $2 AND $3) AS new_in_period,
                     count(*) FILTER (WHERE is_learned AND learned_at BETWEEN $2 AND $3)
@@ -764,22 +679,12 @@ impl Analytics {
         let moments = |sql: String| {
             let pool = self.pool.clone();
             async move {
-                sqlx::query(&sql)
+                sqlx::query_as::<_, CardMoment>(&sql)
                     .bind(user_id)
                     .bind(start)
                     .bind(end)
                     .fetch_all(&pool)
-                    .await?
-                    .iter()
-                    .map(|row| {
-                        Ok(CardMoment {
-                            card_id: row.try_get("card_id")?,
-                            hebrew: row.try_get("hebrew")?,
-                            english: row.try_get("english")?,
-                            timestamp: row.try_get("timestamp")?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .await
             }
         };
         let recent_learned = moments(format!(
@@ -796,12 +701,7 @@ impl Analytics {
         .await?;
         Ok(WordCardsSummary {
             period,
-            summary: WordCardCounts {
-                total_cards: counts.try_get("total_cards")?,
-                new_in_period: counts.try_get("new_in_period")?,
-                learned_in_period: counts.try_get("learned_in_period")?,
-                total_learned: counts.try_get("total_learned")?,
-            },
+            summary,
             recent_learned,
             new_cards,
         })

@@ -10,9 +10,10 @@ use teachin_domain::actor::Role;
 use uuid::Uuid;
 
 /// A classroom with its members.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct ClassView {
+    #[sqlx(rename = "classroom_id")]
     pub class_id: Uuid,
     pub name: String,
     pub description: Option<String>,
@@ -20,6 +21,7 @@ pub struct ClassView {
     pub created_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     /// Teachers first, then admins, then students, each by name.
+    #[sqlx(skip)]
     pub members: Vec<ClassMember>,
 }
 
@@ -72,21 +74,10 @@ impl ReadModels {
              FROM read_model.classrooms c WHERE {filter}
              ORDER BY lower(c.name), c.classroom_id"
         );
-        let rows = sqlx::query(&sql).bind(id).fetch_all(&self.pool).await?;
-        let mut classes = rows
-            .iter()
-            .map(|row| {
-                Ok(ClassView {
-                    class_id: row.try_get("classroom_id")?,
-                    name: row.try_get("name")?,
-                    description: row.try_get("description")?,
-                    join_code: row.try_get("join_code")?,
-                    created_by: row.try_get("created_by")?,
-                    created_at: row.try_get("created_at")?,
-                    members: Vec::new(),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut classes = sqlx::query_as::<_, ClassView>(&sql)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
         if classes.is_empty() {
             return Ok(classes);
         }

@@ -9,7 +9,7 @@ use teachin_domain::achievements::{catalog, AchievementType, Feature};
 use teachin_domain::vocabulary::{Difficulty, GameType};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct WordCardView {
     pub card_id: Uuid,
@@ -58,7 +58,7 @@ impl ReadModels {
         owner_id: Uuid,
         range: DateRange,
     ) -> Result<Vec<WordCardView>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query_as::<_, WordCardView>(
             "SELECT card_id, hebrew, english, explanation, is_learned, created_at, updated_at,
                     learned_at
              FROM read_model.word_cards
@@ -71,21 +71,7 @@ impl ReadModels {
         .bind(range.from)
         .bind(range.to)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(WordCardView {
-                card_id: row.try_get("card_id")?,
-                hebrew: row.try_get("hebrew")?,
-                english: row.try_get("english")?,
-                explanation: row.try_get("explanation")?,
-                is_learned: row.try_get("is_learned")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-                learned_at: row.try_get("learned_at")?,
-            })
-        })
-        .collect()
+        .await
     }
 
     /// A user's settings for one game, or `None` if never saved.
@@ -118,25 +104,23 @@ impl ReadModels {
     /// Every achievement of the catalog, in catalog order, with the user's unlock and their
     /// progress count for the achievement's feature.
     pub async fn achievements(&self, user_id: Uuid) -> Result<Vec<AchievementStatus>, sqlx::Error> {
-        let unlocked: HashMap<String, DateTime<Utc>> = sqlx::query(
+        let unlocked: HashMap<String, DateTime<Utc>> = sqlx::query_as(
             "SELECT achievement_key, unlocked_at FROM read_model.user_achievements
              WHERE user_id = $1",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(|row| Ok((row.try_get("achievement_key")?, row.try_get("unlocked_at")?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-        let progress: HashMap<String, i64> = sqlx::query(
+        .into_iter()
+        .collect();
+        let progress: HashMap<String, i64> = sqlx::query_as(
             "SELECT feature, count FROM read_model.achievement_progress WHERE user_id = $1",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(|row| Ok((row.try_get("feature")?, row.try_get("count")?)))
-        .collect::<Result<_, sqlx::Error>>()?;
+        .into_iter()
+        .collect();
         Ok(catalog()
             .iter()
             .map(|a| {

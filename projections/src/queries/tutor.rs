@@ -3,12 +3,10 @@
 use super::ReadModels;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 use uuid::Uuid;
 
 /// One tutor session (a chat thread).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct TutorSessionView {
     pub session_id: Uuid,
@@ -25,7 +23,7 @@ pub struct TutorSessionView {
 }
 
 /// One part of a message, in stream order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct TutorMessageView {
     pub event_sequence: i64,
@@ -48,7 +46,7 @@ pub struct TutorSessionWithMessages {
 }
 
 /// An AI request and how it ended (neither `completed_at` nor `failed_at`: still pending).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct AiRequestView {
     pub request_id: Uuid,
@@ -69,35 +67,6 @@ const SESSION_COLUMNS: &str = "session_id, student_id, kind, exercise_id, attemp
 const REQUEST_COLUMNS: &str =
     "request_id, session_id, student_id, kind, requested_at, completed_at, failed_at, model, failure";
 
-fn session_from_row(row: &PgRow) -> Result<TutorSessionView, sqlx::Error> {
-    Ok(TutorSessionView {
-        session_id: row.try_get("session_id")?,
-        student_id: row.try_get("student_id")?,
-        kind: row.try_get("kind")?,
-        exercise_id: row.try_get("exercise_id")?,
-        attempt_id: row.try_get("attempt_id")?,
-        title: row.try_get("title")?,
-        awaiting_reply: row.try_get("awaiting_reply")?,
-        message_count: row.try_get("message_count")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn request_from_row(row: &PgRow) -> Result<AiRequestView, sqlx::Error> {
-    Ok(AiRequestView {
-        request_id: row.try_get("request_id")?,
-        session_id: row.try_get("session_id")?,
-        student_id: row.try_get("student_id")?,
-        kind: row.try_get("kind")?,
-        requested_at: row.try_get("requested_at")?,
-        completed_at: row.try_get("completed_at")?,
-        failed_at: row.try_get("failed_at")?,
-        model: row.try_get("model")?,
-        failure: row.try_get("failure")?,
-    })
-}
-
 impl ReadModels {
     /// A student's tutor sessions, most recently active first.
     pub async fn tutor_sessions_of(
@@ -108,13 +77,10 @@ impl ReadModels {
             "SELECT {SESSION_COLUMNS} FROM read_model.tutor_sessions
              WHERE student_id = $1 ORDER BY updated_at DESC, created_at DESC, session_id DESC"
         );
-        sqlx::query(&sql)
+        sqlx::query_as::<_, TutorSessionView>(&sql)
             .bind(student_id)
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(session_from_row)
-            .collect()
+            .await
     }
 
     /// One session with its messages in stream order (event sequence, then part), or `None`.
@@ -125,47 +91,30 @@ impl ReadModels {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM read_model.tutor_sessions WHERE session_id = $1"
         );
-        let Some(row) = sqlx::query(&sql)
+        let Some(session) = sqlx::query_as::<_, TutorSessionView>(&sql)
             .bind(session_id)
             .fetch_optional(&self.pool)
             .await?
         else {
             return Ok(None);
         };
-        let session = session_from_row(&row)?;
-        let messages = sqlx::query(
+        let messages = sqlx::query_as::<_, TutorMessageView>(
             "SELECT event_sequence, part, request_id, role, text, tool, created_at
              FROM read_model.tutor_messages WHERE session_id = $1
              ORDER BY event_sequence, part",
         )
         .bind(session_id)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(TutorMessageView {
-                event_sequence: row.try_get("event_sequence")?,
-                part: row.try_get("part")?,
-                request_id: row.try_get("request_id")?,
-                role: row.try_get("role")?,
-                text: row.try_get("text")?,
-                tool: row.try_get("tool")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        .await?;
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM read_model.ai_requests
              WHERE session_id = $1 AND completed_at IS NULL AND failed_at IS NULL
              ORDER BY requested_at, request_id"
         );
-        let pending_requests = sqlx::query(&sql)
+        let pending_requests = sqlx::query_as::<_, AiRequestView>(&sql)
             .bind(session_id)
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(request_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+            .await?;
         Ok(Some(TutorSessionWithMessages {
             session,
             messages,
@@ -185,25 +134,19 @@ impl ReadModels {
                AND ($1::uuid IS NULL OR student_id = $1)
              ORDER BY requested_at, request_id"
         );
-        sqlx::query(&sql)
+        sqlx::query_as::<_, AiRequestView>(&sql)
             .bind(student_id)
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(request_from_row)
-            .collect()
+            .await
     }
 
     /// One AI request, whatever its state.
     pub async fn ai_request(&self, request_id: Uuid) -> Result<Option<AiRequestView>, sqlx::Error> {
         let sql =
             format!("SELECT {REQUEST_COLUMNS} FROM read_model.ai_requests WHERE request_id = $1");
-        sqlx::query(&sql)
+        sqlx::query_as::<_, AiRequestView>(&sql)
             .bind(request_id)
             .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(request_from_row)
-            .transpose()
+            .await
     }
 }
