@@ -1,11 +1,15 @@
 //! The projection daemon (`teachin accessor`): keeps every projection following the log.
 //!
-//! - **One owner per projection.** A task takes the projection's session-level advisory lock
-//!   on a connection of its own and applies batches on that same connection. If the process
-//!   dies, its connection closes and the lock goes with it; a daemon in another replica,
-//!   retrying every `takeover_every`, picks the projection up where the checkpoint says.
-//!   (The checkpoint row lock in every batch makes double application impossible even if two
-//!   owners ever overlapped; the advisory lock just keeps them from contending.)
+//! - **One owner for the projections.** A task takes the read models' session-level advisory
+//!   lock on a connection of its own and applies batches on that same connection. If the
+//!   process dies, its connection closes and the lock goes with it; a daemon in another
+//!   replica, retrying every `takeover_every`, picks up where the checkpoints say. (The
+//!   checkpoint row locks in every batch make double application impossible even if two owners
+//!   ever overlapped; the advisory lock just keeps them from contending.)
+//! - **All projections in one pass.** Each batch is read once and applied to every running
+//!   projection in one transaction ([`runner::next_group_batch`]), each from its own
+//!   checkpoint. When a projection fails on a batch, that round runs projection by projection
+//!   instead, which isolates the poisoned event and halts only its projection.
 //! - **Woken by commits, polling as a fallback.** A `LISTEN` on the events channel wakes every
 //!   projection; when idle they also poll, backing off from `idle_poll_min` to `idle_poll_max`.
 //! - **A poisoned event halts only its projection**, recorded in its checkpoint row (see
@@ -13,7 +17,7 @@
 
 use crate::log::EventLog;
 use crate::projection::Projection;
-use crate::runner::{self, BatchObserver, BatchOutcome, RunError, Target};
+use crate::runner::{self, BatchObserver, GroupOutcome, RunError, Target};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,28 +72,22 @@ impl ProjectionDaemon {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let wakers: Vec<Arc<Notify>> = self
-            .projections
-            .iter()
-            .map(|_| Arc::new(Notify::new()))
-            .collect();
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(wake_on_commit(
+        let waker = Arc::new(Notify::new());
+        let listener = tokio::spawn(wake_on_commit(
             EventLog::new(self.pool.clone()),
-            wakers.clone(),
+            waker.clone(),
             shutdown.clone(),
         ));
-        for (projection, waker) in self.projections.into_iter().zip(wakers) {
-            tasks.spawn(follow(
-                self.pool.clone(),
-                projection,
-                waker,
-                self.settings,
-                self.observer.clone(),
-                shutdown.clone(),
-            ));
-        }
-        while tasks.join_next().await.is_some() {}
+        follow(
+            self.pool,
+            self.projections,
+            waker,
+            self.settings,
+            self.observer,
+            shutdown,
+        )
+        .await;
+        let _ = listener.await;
     }
 }
 
@@ -121,7 +119,7 @@ async fn pause(
 
 async fn wake_on_commit(
     log: EventLog,
-    wakers: Vec<Arc<Notify>>,
+    waker: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while !*shutdown.borrow() {
@@ -137,7 +135,7 @@ async fn wake_on_commit(
             tokio::select! {
                 received = listener.recv() => match received {
                     // notify_one keeps a permit when nobody waits: no wake-up is lost.
-                    Ok(_) => wakers.iter().for_each(|w| w.notify_one()),
+                    Ok(_) => waker.notify_one(),
                     Err(e) => {
                         tracing::warn!(error = %e, "commit listener lost; reconnecting");
                         break;
@@ -149,64 +147,68 @@ async fn wake_on_commit(
     }
 }
 
-/// The advisory-lock key of a projection's ownership.
-fn ownership_key(name: &str) -> String {
-    format!("teachin.projection.{name}")
-}
+/// The advisory-lock key of the read models' ownership.
+const OWNERSHIP_KEY: &str = "teachin.read_models";
 
 async fn follow(
     pool: PgPool,
-    projection: Arc<dyn Projection>,
+    projections: Vec<Arc<dyn Projection>>,
     waker: Arc<Notify>,
     settings: DaemonSettings,
     observer: Option<Arc<BatchObserver>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let name = projection.name();
-    let target = Target::live(&*projection);
     while !*shutdown.borrow() {
         let mut conn = match pool.acquire().await {
             Ok(conn) => conn.detach(),
             Err(e) => {
-                tracing::warn!(projection = name, error = %e, "no database connection");
+                tracing::warn!(error = %e, "no database connection");
                 pause(settings.takeover_every, None, &mut shutdown).await;
                 continue;
             }
         };
         let owned: Result<bool, _> =
             sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-                .bind(ownership_key(name))
+                .bind(OWNERSHIP_KEY)
                 .fetch_one(&mut conn)
                 .await;
         if !matches!(owned, Ok(true)) {
-            // Another replica owns it (or the database hiccuped): look again later.
+            // Another replica owns them (or the database hiccuped): look again later.
             drop(conn);
             pause(settings.takeover_every, None, &mut shutdown).await;
             continue;
         }
-        if let Err(e) = runner::prepare(&mut conn, &target).await {
-            tracing::warn!(projection = name, error = %e, "cannot prepare the connection");
+        let mut prepared = Ok(());
+        for projection in &projections {
+            prepared = prepared.and(runner::prepare(&mut conn, &Target::live(&**projection)).await);
+        }
+        if let Err(e) = prepared {
+            tracing::warn!(error = %e, "cannot prepare the connection");
             drop(conn);
             pause(settings.takeover_every, None, &mut shutdown).await;
             continue;
         }
-        tracing::info!(projection = name, "following the log");
+        tracing::info!(projections = projections.len(), "following the log");
         let mut idle = settings.idle_poll_min;
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let outcome = runner::next_batch_observed(
+        while !*shutdown.borrow() {
+            let outcome = runner::next_group_batch(
                 &mut conn,
-                &*projection,
-                &target,
+                &projections,
                 settings.batch_size,
                 observer.as_deref(),
             )
             .await;
+            let outcome = match outcome {
+                Ok(GroupOutcome::Failed) => {
+                    one_by_one(&mut conn, &projections, settings, observer.as_deref()).await
+                }
+                other => other,
+            };
             match outcome {
-                Ok(BatchOutcome::Applied(_)) => idle = settings.idle_poll_min,
-                Ok(BatchOutcome::CaughtUp) => {
+                Ok(GroupOutcome::Applied(_) | GroupOutcome::Failed) => {
+                    idle = settings.idle_poll_min
+                }
+                Ok(GroupOutcome::CaughtUp) => {
                     // A commit resets the back-off; only a quiet log lengthens it.
                     if pause(idle, Some(&waker), &mut shutdown).await == Woke::Notified {
                         idle = settings.idle_poll_min;
@@ -214,16 +216,12 @@ async fn follow(
                         idle = (idle * 2).min(settings.idle_poll_max);
                     }
                 }
-                Ok(BatchOutcome::Halted) => {
-                    // Stays halted until resumed or rebuilt; the check is the next batch.
-                    pause(settings.takeover_every, None, &mut shutdown).await;
-                }
                 Err(RunError::Transient(e)) => {
-                    tracing::warn!(projection = name, error = %e, "transient failure; reconnecting");
+                    tracing::warn!(error = %e, "transient failure; reconnecting");
                     break;
                 }
                 Err(e @ RunError::LostOwnership(_)) => {
-                    tracing::warn!(projection = name, error = %e, "giving up ownership");
+                    tracing::warn!(error = %e, "giving up ownership");
                     break;
                 }
             }
@@ -232,4 +230,20 @@ async fn follow(
         drop(conn);
         pause(settings.idle_poll_max, None, &mut shutdown).await;
     }
+}
+
+/// A round projection by projection, after a group batch failed: each applies its next batch
+/// alone, so the one that cannot apply an event halts on it and the others move on.
+async fn one_by_one(
+    conn: &mut sqlx::PgConnection,
+    projections: &[Arc<dyn Projection>],
+    settings: DaemonSettings,
+    observer: Option<&BatchObserver>,
+) -> Result<GroupOutcome, RunError> {
+    for projection in projections {
+        let target = Target::live(&**projection);
+        runner::next_batch_observed(conn, &**projection, &target, settings.batch_size, observer)
+            .await?;
+    }
+    Ok(GroupOutcome::Failed)
 }
