@@ -117,11 +117,7 @@ async fn pause(
     }
 }
 
-async fn wake_on_commit(
-    log: EventLog,
-    waker: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn wake_on_commit(log: EventLog, waker: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     while !*shutdown.borrow() {
         let mut listener = match log.listen().await {
             Ok(listener) => listener,

@@ -45,17 +45,26 @@ impl LoggedEvent {
     /// The event as the domain's current type: upcast from its stored version, then
     /// deserialized. A failure is poison: this event will never decode.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, ApplyError> {
-        let stored = cqrs_es::persist::SerializedEvent::new(
-            self.aggregate_id.clone(),
-            self.sequence as usize,
-            self.aggregate_type.clone(),
-            self.event_type.clone(),
-            self.event_version.clone(),
-            self.payload.clone(),
-            self.metadata.clone(),
-        );
-        let current = teachin_domain::upcasting::upcast(stored, crate::upcasters());
-        serde_json::from_value(current.payload).map_err(|e| {
+        let needs_upcast = crate::upcasters()
+            .iter()
+            .any(|u| u.can_upcast(&self.event_type, &self.event_version));
+        let decoded = if needs_upcast {
+            let stored = cqrs_es::persist::SerializedEvent::new(
+                self.aggregate_id.clone(),
+                self.sequence as usize,
+                self.aggregate_type.clone(),
+                self.event_type.clone(),
+                self.event_version.clone(),
+                self.payload.clone(),
+                self.metadata.clone(),
+            );
+            let current = teachin_domain::upcasting::upcast(stored, crate::upcasters());
+            serde_json::from_value(current.payload)
+        } else {
+            // The common case: already current, so deserialize in place without copying.
+            E::deserialize(&self.payload)
+        };
+        decoded.map_err(|e| {
             ApplyError::poison(
                 self,
                 format!(
