@@ -376,6 +376,23 @@ async fn projections_status_and_rebuild_from_the_command_line() {
         );
     };
     assert_eq!(role, "Admin");
+    // The swapped-in table has the live table's keys and indexes, under the same names.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes
+          WHERE schemaname = 'read_model' AND tablename = 'users' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "users_first_name",
+            "users_last_name",
+            "users_pkey",
+            "users_role"
+        ]
+    );
     let after = status(&db);
     let users = after.iter().find(|l| l["name"] == "users").unwrap();
     assert_eq!(users["lag_events"], 0);

@@ -310,5 +310,5 @@ fn print(args: &ProjectionBenchArgs, r: &ProjectionBenchReport) {
         100.0 * r.fold_rate / r.scan_rate
     );
     println!();
-    println!("`rebuild` includes a fixed cost (creating shadow tables, indexes, eight swaps) that a small log does not amortize; `fold alone` is the part that grows with the log.");
+    println!("`rebuild` includes a fixed cost (creating shadow tables and indexes, the swap) that a small log does not amortize; `fold alone` is the part that grows with the log.");
 }
