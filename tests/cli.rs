@@ -2,25 +2,18 @@
 //! configuration errors, migrations, the operator's view of the log, admin bootstrap, and
 //! the roles' health endpoints.
 
+mod support;
+
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::{free_port, teachin};
 use teachin_commands::testing::TestDatabase;
 
 fn migration_count() -> usize {
     teachin_commands::migrations::MIGRATOR.iter().count()
-}
-
-fn teachin(db: &TestDatabase) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_teachin"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("TEACHIN_LOG", "warn");
-    command
 }
 
 fn run(mut command: Command) -> Output {
@@ -229,14 +222,6 @@ async fn events_follow_prints_events_as_they_are_committed() {
     let events = stdout_lines(&output);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["event_type"], "UserRegistered");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A minimal HTTP/1.1 GET; `None` while nothing listens yet.

@@ -1,31 +1,14 @@
 //! `kill -9` of the accessor at arbitrary moments, then a restart, ends in exactly the read
 //! model that a fresh rebuild produces: no event lost, none applied twice.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+use support::{free_port, teachin};
 use teachin_commands::testing::TestDatabase;
 use teachin_commands::workload::StudentActivity;
 use teachin_commands::{command_bus, BusSettings, PortSecrets};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn teachin(db: &TestDatabase) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_teachin"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("TEACHIN_LOG", "warn")
-        .env("TEACHIN_LOOKUP_HASH_KEY", "crash-test-lookup-key");
-    command
-}
+mod support;
 
 fn start_accessor(db: &TestDatabase) -> Child {
     let mut command = teachin(db);

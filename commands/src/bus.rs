@@ -14,7 +14,7 @@
 //!   retried after an ambiguous failure) finds the receipt and gets the first result back,
 //!   appending nothing.
 
-use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
+use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use rand::Rng;
@@ -160,7 +160,7 @@ impl AggregateReader {
     fn store<A: Aggregate>(&self) -> Store<A> {
         let repo = PostgresEventRepository::new(self.pool.clone());
         PersistedEventStore::new_snapshot_store(repo, self.snapshot_every)
-            .with_upcasters(upcasters())
+            .with_upcasters(teachin_domain::upcasting::upcasters())
     }
 
     /// An aggregate's current state (the default state when it has no events). For ports and
@@ -328,7 +328,7 @@ impl CommandBus {
         .fetch_all(&self.pool)
         .await
         .map_err(store_err)?;
-        let upcasters = upcasters();
+        let upcasters = teachin_domain::upcasting::upcasters();
         let mut events = Vec::with_capacity(rows.len());
         let mut ours = false;
         for row in rows {
@@ -392,11 +392,6 @@ async fn backoff(attempt: u32) {
     let ceiling_us = 200u64 << attempt.min(6);
     let pause = rand::thread_rng().gen_range(0..=ceiling_us);
     tokio::time::sleep(Duration::from_micros(pause)).await;
-}
-
-/// The domain's upcasters, applied to every event read back from the store.
-pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    teachin_domain::upcasting::upcasters()
 }
 
 /// A row of `events` as cqrs-es's serialized form.

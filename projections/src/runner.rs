@@ -134,26 +134,40 @@ pub async fn next_batch_observed(
     let events = read_after(&mut *tx, cp.position, batch_size)
         .await
         .map_err(transient)?;
-    let Some(last) = events.last().map(|e| e.position) else {
+    if events.is_empty() {
         tx.commit().await.map_err(transient)?;
         return Ok(BatchOutcome::CaughtUp);
-    };
-    match try_apply(&mut tx, projection, &events).await {
+    }
+    match apply_and_commit(tx, projection, target, &events).await? {
         Ok(()) => {
-            checkpoint::advance(&mut tx, &target.checkpoint, last, events.len() as i64)
-                .await
-                .map_err(transient)?;
-            tx.commit().await.map_err(transient)?;
             if let Some(observer) = observer {
                 observer(&target.checkpoint, &events);
             }
             Ok(BatchOutcome::Applied(events.len()))
         }
-        Err(ApplyError::Database(e)) if is_transient(&e) => Err(RunError::Transient(e)),
-        Err(failure) => {
-            drop(tx); // rolls back
-            isolate(conn, projection, target, cp.position, &events, failure).await
+        Err(failure) => isolate(conn, projection, target, cp.position, &events, failure).await,
+    }
+}
+
+/// Applies `events` in `tx`, moves the checkpoint past them and commits. The outer error is
+/// the runner's problem (transient), the inner one the batch's (rolled back).
+async fn apply_and_commit(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    projection: &dyn Projection,
+    target: &Target,
+    events: &[LoggedEvent],
+) -> Result<Result<(), ApplyError>, RunError> {
+    match try_apply(&mut tx, projection, events).await {
+        Ok(()) => {
+            let last = events.last().expect("never called with no events").position;
+            checkpoint::advance(&mut tx, &target.checkpoint, last, events.len() as i64)
+                .await
+                .map_err(transient)?;
+            tx.commit().await.map_err(transient)?;
+            Ok(Ok(()))
         }
+        Err(ApplyError::Database(e)) if is_transient(&e) => Err(RunError::Transient(e)),
+        Err(failure) => Ok(Err(failure)), // dropping `tx` rolls back
     }
 }
 
@@ -346,18 +360,7 @@ async fn apply_exactly(
     if cp.position != from {
         return Err(RunError::LostOwnership(target.checkpoint.clone()));
     }
-    match try_apply(&mut tx, projection, events).await {
-        Ok(()) => {
-            let last = events.last().expect("never called with no events").position;
-            checkpoint::advance(&mut tx, &target.checkpoint, last, events.len() as i64)
-                .await
-                .map_err(transient)?;
-            tx.commit().await.map_err(transient)?;
-            Ok(Ok(()))
-        }
-        Err(ApplyError::Database(e)) if is_transient(&e) => Err(RunError::Transient(e)),
-        Err(failure) => Ok(Err(failure)),
-    }
+    apply_and_commit(tx, projection, target, events).await
 }
 
 async fn halt(
