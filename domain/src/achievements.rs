@@ -23,6 +23,7 @@ pub const MAX_INCREMENT: u32 = 1000;
 
 /// A part of the platform whose use is counted towards achievements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum Feature {
     WordCards,
     TypingPractice,
@@ -78,6 +79,7 @@ impl FromStr for Feature {
 
 /// Whether a badge marks a first step or a number of uses (the original's `type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum AchievementType {
     Milestone,
     Count,

@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum Role {
     #[default]
     Student,

@@ -44,6 +44,7 @@ const PASSWORD_HASH_MAX_LEN: usize = 512;
 
 /// The language a person reads the portal in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum Language {
     #[default]
     En,
@@ -82,6 +83,7 @@ impl fmt::Display for Language {
 
 /// How well a student already knows Hebrew; it steers the exercises they are given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum HebrewLevel {
     #[default]
     Beginner,

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 /// The three practice games of the student portal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum GameType {
     /// Arrange the words of a sentence in order.
     WordOrder,
@@ -56,6 +57,7 @@ impl FromStr for GameType {
 
 /// How hard a generated exercise is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum Difficulty {
     Easy,
     #[default]

@@ -27,6 +27,7 @@ pub const TOP_N: i64 = 10;
 /// The time window of a summary; both ends inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct Period {
     pub start_date: DateTime<Utc>,
     pub end_date: DateTime<Utc>,
@@ -55,6 +56,7 @@ pub fn resolve_period(
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct StudentDailyActivity {
     pub student_id: Uuid,
     pub day: NaiveDate,
@@ -67,6 +69,7 @@ pub struct StudentDailyActivity {
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct ClassDailyActivity {
     pub classroom_id: Uuid,
     pub day: NaiveDate,
@@ -80,6 +83,7 @@ pub struct ClassDailyActivity {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct AccuracyTrend {
     pub day: NaiveDate,
     pub game_type: GameType,
@@ -93,6 +97,7 @@ pub struct AccuracyTrend {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct MistakePattern {
     pub game_type: GameType,
     pub difficulty: Difficulty,
@@ -106,6 +111,7 @@ pub struct MistakePattern {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct AchievementsDaily {
     pub day: NaiveDate,
     pub achievement_key: String,
@@ -115,6 +121,7 @@ pub struct AchievementsDaily {
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct AiUsageDaily {
     pub day: NaiveDate,
     pub model: String,
@@ -131,6 +138,7 @@ pub struct AiUsageDaily {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct RegistrationsDaily {
     pub day: NaiveDate,
     pub role: String,
@@ -141,6 +149,7 @@ pub struct RegistrationsDaily {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct OverviewSummary {
     pub period: Period,
     pub summary: OverviewCounts,
@@ -148,6 +157,7 @@ pub struct OverviewSummary {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct OverviewCounts {
     pub total_attempts: i64,
     /// Word cards marked learned in the period.
@@ -159,6 +169,7 @@ pub struct OverviewCounts {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct GamePracticeSummary {
     pub period: Period,
     pub summary: PracticeTotals,
@@ -169,6 +180,7 @@ pub struct GamePracticeSummary {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct PracticeTotals {
     pub total_attempts: i64,
     /// 0–1; 0 without attempts.
@@ -179,6 +191,7 @@ pub struct PracticeTotals {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct GameTypePractice {
     pub game_type: GameType,
     pub attempts: i64,
@@ -190,6 +203,7 @@ pub struct GameTypePractice {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct DailyPractice {
     pub date: NaiveDate,
     pub attempts: i64,
@@ -198,6 +212,7 @@ pub struct DailyPractice {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct MistakesOverview {
     pub summary: MistakeCounts,
     /// The ten most frequent (game, difficulty) of uncorrected mistakes.
@@ -208,6 +223,7 @@ pub struct MistakesOverview {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct MistakeCounts {
     /// Failed attempts in the period whose exercise was never answered correctly.
     #[sqlx(rename = "mistakes")]
@@ -222,6 +238,7 @@ pub struct MistakeCounts {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct MistakePatternCount {
     pub game_type: GameType,
     pub difficulty: Difficulty,
@@ -230,6 +247,7 @@ pub struct MistakePatternCount {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct UncorrectedExample {
     pub exercise_id: Uuid,
     pub attempt_id: Uuid,
@@ -244,6 +262,7 @@ pub struct UncorrectedExample {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct WordCardsSummary {
     pub period: Period,
     pub summary: WordCardCounts,
@@ -255,6 +274,7 @@ pub struct WordCardsSummary {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct WordCardCounts {
     /// Cards the user had at the end of the period (the original always said 0).
     pub total_cards: i64,
@@ -266,6 +286,7 @@ pub struct WordCardCounts {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct CardMoment {
     pub card_id: Uuid,
     pub hebrew: Option<String>,
@@ -276,6 +297,7 @@ pub struct CardMoment {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct AchievementsSummary {
     pub period: Period,
     pub unlocked_in_period: Vec<UnlockedAchievement>,
@@ -283,6 +305,7 @@ pub struct AchievementsSummary {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct UnlockedAchievement {
     /// The catalog key (the original's achievementId).
     pub key: String,

@@ -12,6 +12,7 @@ use uuid::Uuid;
 /// A classroom with its members.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct ClassView {
     #[sqlx(rename = "classroom_id")]
     pub class_id: Uuid,
@@ -27,6 +28,7 @@ pub struct ClassView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct ClassMember {
     pub member_id: Uuid,
     /// "First Last" from the user's profile; empty for an erased (or unknown) user.

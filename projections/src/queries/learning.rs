@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct WordCardView {
     pub card_id: Uuid,
     /// `None` once the owner is erased.
@@ -25,6 +26,7 @@ pub struct WordCardView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct GameConfigView {
     pub user_id: Uuid,
     pub game: GameType,
@@ -37,6 +39,7 @@ pub struct GameConfigView {
 /// One catalog achievement, as seen by one user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct AchievementStatus {
     pub key: String,
     pub name: String,

@@ -14,6 +14,7 @@ use uuid::Uuid;
 /// One attempt with the exercise it answered (detailed history).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct AttemptDetail {
     pub attempt_id: Uuid,
     pub exercise_id: Uuid,
@@ -35,6 +36,7 @@ pub struct AttemptDetail {
 /// Attempts per game and difficulty (summary history).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct PracticeSummaryRow {
     pub game_type: GameType,
     pub difficulty: Difficulty,
@@ -47,6 +49,7 @@ pub struct PracticeSummaryRow {
 /// An exercise the student has not yet answered correctly, with its failed attempts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct MistakeExercise {
     pub exercise_id: Uuid,
     /// The latest failed attempt (what "explain my mistake" and a retry refer to).
@@ -61,6 +64,7 @@ pub struct MistakeExercise {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct FailedAttempt {
     pub attempt_id: Uuid,
     pub attempt_number: i32,
@@ -72,6 +76,7 @@ pub struct FailedAttempt {
 /// One student's practice in one game and difficulty (teachers' and admins' overview).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct StudentPracticeRow {
     pub student_id: Uuid,
     pub student_first_name: Option<String>,

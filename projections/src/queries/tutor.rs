@@ -8,6 +8,7 @@ use uuid::Uuid;
 /// One tutor session (a chat thread).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct TutorSessionView {
     pub session_id: Uuid,
     pub student_id: Uuid,
@@ -25,6 +26,7 @@ pub struct TutorSessionView {
 /// One part of a message, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct TutorMessageView {
     pub event_sequence: i64,
     pub part: i16,
@@ -39,6 +41,7 @@ pub struct TutorMessageView {
 /// A session with its whole conversation and the requests still waiting for the AI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct TutorSessionWithMessages {
     pub session: TutorSessionView,
     pub messages: Vec<TutorMessageView>,
@@ -48,6 +51,7 @@ pub struct TutorSessionWithMessages {
 /// An AI request and how it ended (neither `completed_at` nor `failed_at`: still pending).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct AiRequestView {
     pub request_id: Uuid,
     pub session_id: Uuid,

@@ -12,6 +12,7 @@ use uuid::Uuid;
 /// A user's profile as the portals show it. The password hash is never read here.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct UserView {
     pub user_id: Uuid,
     pub role: Role,
@@ -53,6 +54,7 @@ pub(crate) fn full_name(first: Option<&str>, last: Option<&str>) -> String {
 /// Someone a teacher can write to (original `GET /emails-manager/recipients/{name}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct Recipient {
     pub user_id: Uuid,
     pub first_name: String,
