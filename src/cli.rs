@@ -34,9 +34,18 @@ pub enum Command {
     /// Inspect and operate the projections (read models).
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Scheduled maintenance jobs (the Helm chart runs them as CronJobs).
+    #[command(subcommand)]
+    Cron(CronCommand),
     /// Measure the system on this machine against baselines measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// Purge refresh sessions that expired or were revoked (the original's job hit a 404).
+    CleanupSessions,
 }
 
 #[derive(Debug, Subcommand)]

@@ -52,10 +52,23 @@ pub struct Settings {
     pub namespace: String,
     pub log_filter: String,
     pub log_json: bool,
+    /// Signs access tokens (HS256); at least 32 bytes.
+    pub jwt_secret: Vec<u8>,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// Keys the HMACs under which refresh tokens are stored.
+    pub refresh_token_hash_key: Vec<u8>,
+    /// Browser origins allowed to call the API (the portals).
+    pub cors_origins: Vec<String>,
+    /// Behind the ingress: the client address comes from `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
 }
 
 const LOCAL_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/teachin";
 const LOCAL_LOOKUP_HASH_KEY: &str = "local-only-lookup-hash-key-change-me";
+const LOCAL_JWT_SECRET: &str = "local-only-jwt-secret-change-me-0123456789";
+const LOCAL_REFRESH_HASH_KEY: &str = "local-only-refresh-token-hash-key-change-me";
+const LOCAL_PORTALS: &str = "http://localhost:3000,http://localhost:5173";
 
 /// Finds a setting's raw value by name.
 type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
@@ -152,6 +165,40 @@ impl<'a> SettingsSource<'a> {
             }
         };
 
+        let jwt_secret =
+            self.secret(&["JWT_SECRET", "Jwt__Secret"], 32, LOCAL_JWT_SECRET, local)?;
+        let refresh_token_hash_key = self.secret(
+            &["JWT_REFRESH_TOKEN_HASH_KEY", "Jwt__RefreshTokenHashKey"],
+            16,
+            LOCAL_REFRESH_HASH_KEY,
+            local,
+        )?;
+        let cors_origins = self
+            .first(&["TEACHIN_CORS_ORIGINS"])
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| {
+                if local {
+                    LOCAL_PORTALS.into()
+                } else {
+                    String::new()
+                }
+            })
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect::<Vec<_>>();
+        if let Some(bad) = cors_origins
+            .iter()
+            .find(|o| !(o.starts_with("https://") || o.starts_with("http://")))
+        {
+            return Err(ConfigError::new(
+                "TEACHIN_CORS_ORIGINS",
+                format!("`{bad}` is not an origin (scheme://host[:port])"),
+            ));
+        }
+        let trust_forwarded_for: bool =
+            self.parsed("TEACHIN_TRUST_FORWARDED_FOR", !local, "true or false")?;
+
         let database_max_connections: u32 =
             self.parsed("TEACHIN_DB_MAX_CONNECTIONS", 10, "a number of connections")?;
         if database_max_connections == 0 {
@@ -186,9 +233,19 @@ impl<'a> SettingsSource<'a> {
             }
             None => format!("redis://127.0.0.1:6379/{redis_db}"),
         };
-        let namespace = match &environment {
-            Environment::Local => "local".to_string(),
-            Environment::Cloud(name) => name.clone(),
+        let namespace = match (self.first(&["TEACHIN_NAMESPACE"]), &environment) {
+            (Some((name, ns)), _) => {
+                if ns.is_empty()
+                    || !ns
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(ConfigError::new(&name, "letters, digits, - and _ only"));
+                }
+                ns
+            }
+            (None, Environment::Local) => "local".to_string(),
+            (None, Environment::Cloud(name)) => name.clone(),
         };
 
         Ok(Settings {
@@ -206,7 +263,42 @@ impl<'a> SettingsSource<'a> {
                 .map(|(_, v)| v)
                 .unwrap_or_else(|| "info,sqlx=warn".into()),
             log_json,
+            jwt_secret,
+            jwt_issuer: self
+                .first(&["JWT_ISSUER", "Jwt__Issuer"])
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| "teachin".into()),
+            jwt_audience: self
+                .first(&["JWT_AUDIENCE", "Jwt__Audience"])
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| "teachin-portals".into()),
+            refresh_token_hash_key,
+            cors_origins,
+            trust_forwarded_for,
         })
+    }
+
+    /// A secret of at least `min` bytes: required outside a local environment, where a
+    /// well-known value would let anyone forge what it protects.
+    fn secret(
+        &self,
+        names: &[&str],
+        min: usize,
+        local_default: &str,
+        local: bool,
+    ) -> Result<Vec<u8>, ConfigError> {
+        match self.first(names) {
+            Some((name, key)) if key.len() < min => Err(ConfigError::new(
+                &name,
+                format!("must be at least {min} characters"),
+            )),
+            Some((_, key)) => Ok(key.into_bytes()),
+            None if local => Ok(local_default.as_bytes().to_vec()),
+            None => Err(ConfigError::new(
+                names[0],
+                "must be set outside a local environment",
+            )),
+        }
     }
 }
 
@@ -345,12 +437,31 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.name, "TEACHIN_LOOKUP_HASH_KEY");
-        let s = load(&[
+        let e = load(&[
             ("TEACHIN_ENV", "prod"),
             ("ConnectionStrings__Postgres", "postgres://u@db/prod"),
             ("TEACHIN_LOOKUP_HASH_KEY", "0123456789abcdef0123"),
         ])
+        .unwrap_err();
+        assert_eq!(e.name, "JWT_SECRET");
+        let e = load(&[
+            ("TEACHIN_ENV", "prod"),
+            ("ConnectionStrings__Postgres", "postgres://u@db/prod"),
+            ("TEACHIN_LOOKUP_HASH_KEY", "0123456789abcdef0123"),
+            ("JWT_SECRET", "too short"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.name, "JWT_SECRET");
+        let s = load(&[
+            ("TEACHIN_ENV", "prod"),
+            ("ConnectionStrings__Postgres", "postgres://u@db/prod"),
+            ("TEACHIN_LOOKUP_HASH_KEY", "0123456789abcdef0123"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("JWT_REFRESH_TOKEN_HASH_KEY", "0123456789abcdef"),
+        ])
         .unwrap();
+        assert!(s.trust_forwarded_for);
+        assert!(s.cors_origins.is_empty());
         assert_eq!(s.environment, Environment::Cloud("prod".into()));
         assert!(s.log_json);
     }

@@ -11,7 +11,7 @@ mod roles;
 mod telemetry;
 
 use clap::Parser;
-use cli::{AdminCommand, BenchCommand, Cli, Command};
+use cli::{AdminCommand, BenchCommand, Cli, Command, CronCommand};
 use roles::Role;
 use std::process::ExitCode;
 
@@ -71,6 +71,17 @@ async fn run(command: Command, settings: config::Settings) -> anyhow::Result<()>
             let pool = roles::connect(&settings).await?;
             roles::migrate(&pool).await?;
             projection_ops::run(pool, command).await
+        }
+        Command::Cron(CronCommand::CleanupSessions) => {
+            let redis = roles::redis(&settings).await?;
+            let sessions = teachin_api::auth::sessions::RefreshSessions::new(
+                redis,
+                &settings.refresh_token_hash_key,
+                &settings.namespace,
+            );
+            let purged = sessions.cleanup().await?;
+            println!("refresh sessions purged: {purged}");
+            Ok(())
         }
         Command::Admin(AdminCommand::Create(args)) => {
             let pool = roles::connect(&settings).await?;

@@ -1,6 +1,8 @@
 //! Starting the roles. Each role migrates the database (under sqlx's advisory lock, so
 //! replicas starting together don't race), serves its health endpoints on its own port, and
 //! runs its workers until SIGINT/SIGTERM:
+//! - manager: the GraphQL API (`teachin_api::server`), with refresh sessions and rate limits
+//!   in Redis and subscriptions fed from the realtime feed.
 //! - accessor: the projection daemon (every read model follows the log) and the realtime
 //!   feed publisher (log → Redis pub/sub).
 //!
@@ -74,18 +76,37 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for the {}", role.name()))?;
-        tracing::info!(role = role.name(), %addr, "serving health endpoints");
-        let mut app = teachin_api::health::router(role.name(), pool.clone());
-        if role == Role::Accessor {
-            app = app.merge(teachin_api::metrics::router(pool.clone()));
-        }
+        let app = match role {
+            Role::Manager => {
+                let (app, fanout) = manager(settings, pool.clone()).await?;
+                servers.spawn({
+                    let (url, ns, stop) = (
+                        settings.redis_url.clone(),
+                        settings.namespace.clone(),
+                        stop_rx.clone(),
+                    );
+                    async move {
+                        fanout.run(url, ns, stop).await;
+                        Ok(())
+                    }
+                });
+                app
+            }
+            Role::Accessor => teachin_api::health::router(role.name(), pool.clone(), None)
+                .merge(teachin_api::metrics::router(pool.clone())),
+            Role::Engine => teachin_api::health::router(role.name(), pool.clone(), None),
+        };
+        tracing::info!(role = role.name(), %addr, "listening");
         let mut stop = stop_rx.clone();
         servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
         });
     }
 
@@ -116,6 +137,90 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
     }
     pool.close().await;
     Ok(())
+}
+
+/// Connects to Redis for the manager's sessions and rate limits.
+pub async fn redis(settings: &Settings) -> anyhow::Result<fred::prelude::Client> {
+    use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
+    let config = Config::from_url(&settings.redis_url)
+        .with_context(|| format!("REDIS_URL `{}` is not a Redis URL", settings.redis_url))?;
+    let client = Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()
+        .context("building the Redis client")?;
+    tokio::time::timeout(std::time::Duration::from_secs(10), client.init())
+        .await
+        .context("Redis did not answer within 10 s")?
+        .with_context(|| format!("cannot connect to Redis at {}", settings.redis_url))?;
+    Ok(client)
+}
+
+/// The manager's routes (GraphQL, metrics, health) over one pool and one Redis client, and
+/// the feed reader its subscriptions share.
+async fn manager(
+    settings: &Settings,
+    pool: PgPool,
+) -> anyhow::Result<(axum::Router, teachin_api::graphql::realtime::FeedFanout)> {
+    use teachin_api::auth::{
+        rate_limit::RateLimiter, sessions::RefreshSessions, tokens::AccessTokens,
+    };
+    use teachin_api::graphql::{ApiState, SessionPolicy};
+    let redis = redis(settings).await?;
+    let tokens = AccessTokens::new(
+        &settings.jwt_secret,
+        &settings.jwt_issuer,
+        &settings.jwt_audience,
+    )
+    .context("JWT_SECRET")?;
+    let local = settings.environment == crate::config::Environment::Local;
+    let state = ApiState {
+        bus: teachin_commands::command_bus(
+            pool.clone(),
+            teachin_commands::PortSecrets {
+                claims_hash_key: settings.lookup_hash_key.clone(),
+            },
+            teachin_commands::BusSettings::default(),
+        ),
+        read: teachin_projections::queries::ReadModels::new(pool.clone()),
+        replay: teachin_projections::replay::SessionReplay::new(pool.clone()),
+        analytics: teachin_projections::analytics::Analytics::new(pool.clone()),
+        tokens,
+        sessions: RefreshSessions::new(
+            redis.clone(),
+            &settings.refresh_token_hash_key,
+            &settings.namespace,
+        ),
+        limiter: RateLimiter::new(redis.clone(), &settings.namespace),
+        claims: std::sync::Arc::new(teachin_commands::ports::PostgresClaims::new(
+            pool.clone(),
+            settings.lookup_hash_key.clone(),
+        )),
+        policy: SessionPolicy {
+            // Browsers treat http://localhost as secure, so cookies stay Secure locally.
+            secure_cookies: true,
+            ..SessionPolicy::default()
+        },
+        redis_url: settings.redis_url.clone(),
+        namespace: settings.namespace.clone(),
+    };
+    let fanout = teachin_api::graphql::realtime::FeedFanout::default();
+    let options = teachin_api::server::ManagerOptions {
+        graphiql: local,
+        cors_origins: settings.cors_origins.clone(),
+        trust_forwarded_for: settings.trust_forwarded_for,
+    };
+    let app = teachin_api::server::router(
+        state,
+        fanout.clone(),
+        teachin_api::metrics::ApiMetrics::default(),
+        options,
+    )
+    .merge(teachin_api::health::router(
+        "manager",
+        pool,
+        Some(redis.clone()),
+    ));
+    Ok((app, fanout))
 }
 
 /// Runs the realtime feed publisher, reconnecting to Redis until shutdown. Projections do not

@@ -1,7 +1,11 @@
-//! The HTTP surface of every role. Today: liveness and readiness, which each role serves on
-//! its own port so Kubernetes can probe it; the accessor's `/metrics`; and password hashing
-//! for the auth that the manager's GraphQL API builds on.
+//! Teachin's HTTP surface: the GraphQL API the portals use, authentication (`auth`) and
+//! authorization (`access`), the errors clients see (`error`), and the health and metrics
+//! endpoints every role serves. `server` puts the manager's routes together.
 
+pub mod access;
 pub mod auth;
+pub mod error;
+pub mod graphql;
 pub mod health;
 pub mod metrics;
+pub mod server;

@@ -1,25 +1,139 @@
 //! `/metrics` in the Prometheus text format. The projection figures are read from the
 //! checkpoint table at scrape time, so every replica reports the same truth whichever of them
-//! owns a projection: halted (with the alert-worthy `1`), events applied, and backlog.
+//! owns a projection: halted (with the alert-worthy `1`), events applied, and backlog. The
+//! manager adds its own request figures ([`ApiMetrics`], prometheus-client) in front.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use std::fmt::Write;
+use std::sync::Arc;
 use teachin_projections::checkpoint::{self, Status, LAG_COUNT_LIMIT};
 use teachin_projections::read_models;
 
 pub fn router(pool: PgPool) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(pool)
+    router_with(pool, None)
 }
 
-async fn metrics(State(pool): State<PgPool>) -> impl IntoResponse {
-    match render(&pool).await {
+/// `/metrics` with the projection figures and, for the manager, its request figures.
+pub fn router_with(pool: PgPool, api: Option<ApiMetrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state((pool, api))
+}
+
+/// The manager's own figures: requests by GraphQL operation and outcome, their latency,
+/// command conflicts answered to clients, and connected realtime clients.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    registry: Arc<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    conflicts: Counter,
+    connections: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("teachin");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let conflicts = Counter::default();
+        let connections = Gauge::default();
+        registry.register(
+            "http_requests",
+            "GraphQL requests by root operation and outcome (ok or the error code)",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "GraphQL request latency by root operation",
+            latency.clone(),
+        );
+        registry.register(
+            "command_conflicts",
+            "Mutations answered CONFLICT (concurrent changes, duplicates)",
+            conflicts.clone(),
+        );
+        registry.register(
+            "signalr_connections",
+            "Realtime clients connected to this replica",
+            connections.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            requests,
+            latency,
+            conflicts,
+            connections,
+        }
+    }
+}
+
+impl ApiMetrics {
+    /// Records one request. `operation` must come from a bounded set (the schema's fields).
+    pub fn observe(&self, operation: &str, outcome: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&OperationLabels {
+                operation: operation.to_owned(),
+            })
+            .observe(seconds);
+        if outcome == "CONFLICT" {
+            self.conflicts.inc();
+        }
+    }
+
+    pub fn set_connections(&self, n: i64) {
+        self.connections.set(n);
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        // The projection figures follow; drop the terminating `# EOF` of OpenMetrics.
+        out.trim_end().trim_end_matches("# EOF").to_string()
+    }
+}
+
+async fn metrics(State((pool, api)): State<(PgPool, Option<ApiMetrics>)>) -> impl IntoResponse {
+    let own = api.map(|m| m.render()).unwrap_or_default();
+    match render(&pool)
+        .await
+        .map(|projections| format!("{own}{projections}"))
+    {
         Ok(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -15,6 +15,11 @@ pub async fn run(pool: &PgPool) -> Result<usize, MigrateError> {
     Ok((after - before).max(0) as usize)
 }
 
+/// Whether every migration this binary knows has been applied (readiness).
+pub async fn is_current(pool: &PgPool) -> bool {
+    applied_count(pool).await >= MIGRATOR.iter().count() as i64
+}
+
 async fn applied_count(pool: &PgPool) -> i64 {
     // The table does not exist before the first run; that is zero applied migrations.
     sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")

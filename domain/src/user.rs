@@ -191,6 +191,9 @@ pub struct User {
     /// Students only.
     interests: Option<Sealed>,
     avatar: Option<Avatar>,
+    /// The sealed PHC string sign-in checks a password against; forgotten on erasure.
+    #[serde(default)]
+    password_hash: Option<Sealed>,
 }
 
 impl User {
@@ -204,6 +207,11 @@ impl User {
 
     pub fn is_erased(&self) -> bool {
         self.erased
+    }
+
+    /// The sealed password hash, for the API to open and verify a sign-in against.
+    pub fn password_hash(&self) -> Option<&Sealed> {
+        self.password_hash.as_ref()
     }
 
     pub fn role(&self) -> Role {
@@ -800,10 +808,12 @@ impl Aggregate for User {
                 preferred_language,
                 hebrew_level,
                 interests,
+                password_hash,
                 ..
             } => {
                 // Sealed data names its subject, and the subject of an account is its user.
                 self.id = email.subject;
+                self.password_hash = Some(password_hash);
                 self.registered = true;
                 self.role = role;
                 self.email = Some(email);
@@ -811,8 +821,11 @@ impl Aggregate for User {
                 self.hebrew_level = hebrew_level;
                 self.interests = Some(interests);
             }
-            // Names and the password hash decide nothing here; the read side keeps them.
-            UserEvent::ProfileUpdated { .. } | UserEvent::PasswordChanged { .. } => {}
+            // Names decide nothing here; the read side keeps them.
+            UserEvent::ProfileUpdated { .. } => {}
+            UserEvent::PasswordChanged { password_hash } => {
+                self.password_hash = Some(password_hash);
+            }
             UserEvent::PreferredLanguageChanged { language } => {
                 self.preferred_language = language;
             }
@@ -847,6 +860,7 @@ impl Aggregate for User {
                 self.hebrew_level = None;
                 self.interests = None;
                 self.avatar = None;
+                self.password_hash = None;
             }
         }
     }

@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 /// The two kinds of session a teacher replays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum SessionType {
     /// A tutor conversation: the `TutorSession` stream.
     Tutor,

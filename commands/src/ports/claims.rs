@@ -27,6 +27,22 @@ impl PostgresClaims {
     }
 }
 
+impl PostgresClaims {
+    /// Who holds `value` in `scope`, if anyone: how sign-in finds the account of an email
+    /// address without the table ever holding the address.
+    pub async fn holder(
+        &self,
+        scope: ClaimScope,
+        value: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT owner FROM unique_claims WHERE scope = $1 AND value_hash = $2")
+            .bind(scope_name(scope))
+            .bind(self.hash(scope, value))
+            .fetch_optional(&self.pool)
+            .await
+    }
+}
+
 fn scope_name(scope: ClaimScope) -> &'static str {
     match scope {
         ClaimScope::UserEmail => "user_email",

@@ -10,12 +10,12 @@
 //! relation checks the API needs for that ([`ReadModels::is_teacher_of`],
 //! [`ReadModels::shares_class`]) are here because they are read-model questions.
 
-mod classes;
-mod learning;
-mod paging;
-mod practice;
-mod tutor;
-mod users;
+pub mod classes;
+pub mod learning;
+pub mod paging;
+pub mod practice;
+pub mod tutor;
+pub mod users;
 
 pub use classes::{ClassMember, ClassView};
 pub use learning::{AchievementStatus, GameConfigView, WordCardView};

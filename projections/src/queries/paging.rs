@@ -25,6 +25,9 @@ pub struct Page<T> {
     pub has_next_page: bool,
     /// The cursor of the last item; pass it as `after` for the next page.
     pub end_cursor: Option<String>,
+    /// Each item's own cursor, in item order (Relay edges carry one each).
+    #[serde(skip)]
+    pub cursors: Vec<String>,
 }
 
 impl<T> Page<T> {
@@ -34,6 +37,7 @@ impl<T> Page<T> {
             total_count: 0,
             has_next_page: false,
             end_cursor: None,
+            cursors: Vec::new(),
         }
     }
 
@@ -44,6 +48,7 @@ impl<T> Page<T> {
             total_count: self.total_count,
             has_next_page: self.has_next_page,
             end_cursor: self.end_cursor,
+            cursors: self.cursors,
         }
     }
 }
@@ -192,12 +197,13 @@ impl PageRequest {
     ) -> Page<T> {
         let has_next_page = rows.len() as i64 > self.first;
         rows.truncate(self.first as usize);
-        let end_cursor = rows.last().map(|row| key(row).encode());
+        let cursors: Vec<String> = rows.iter().map(|row| key(row).encode()).collect();
         Page {
             items: rows,
             total_count,
             has_next_page,
-            end_cursor,
+            end_cursor: cursors.last().cloned(),
+            cursors,
         }
     }
 }
