@@ -62,6 +62,9 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// Behind the ingress: the client address comes from `X-Forwarded-For`.
     pub trust_forwarded_for: bool,
+    /// Sign-in and refresh attempts allowed per client address.
+    pub login_budget: teachin_api::auth::rate_limit::Budget,
+    pub refresh_budget: teachin_api::auth::rate_limit::Budget,
 }
 
 const LOCAL_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/teachin";
@@ -196,6 +199,16 @@ impl<'a> SettingsSource<'a> {
                 format!("`{bad}` is not an origin (scheme://host[:port])"),
             ));
         }
+        let login_budget = self.parsed(
+            "TEACHIN_LOGIN_RATE_LIMIT",
+            teachin_api::auth::rate_limit::Budget::per_minute(10),
+            "attempts per window, e.g. 10/60s",
+        )?;
+        let refresh_budget = self.parsed(
+            "TEACHIN_REFRESH_RATE_LIMIT",
+            teachin_api::auth::rate_limit::Budget::per_minute(5),
+            "attempts per window, e.g. 5/60s",
+        )?;
         let trust_forwarded_for: bool =
             self.parsed("TEACHIN_TRUST_FORWARDED_FOR", !local, "true or false")?;
 
@@ -275,6 +288,8 @@ impl<'a> SettingsSource<'a> {
             refresh_token_hash_key,
             cors_origins,
             trust_forwarded_for,
+            login_budget,
+            refresh_budget,
         })
     }
 

@@ -198,6 +198,8 @@ async fn manager(
         policy: SessionPolicy {
             // Browsers treat http://localhost as secure, so cookies stay Secure locally.
             secure_cookies: true,
+            login_budget: settings.login_budget,
+            refresh_budget: settings.refresh_budget,
             ..SessionPolicy::default()
         },
         redis_url: settings.redis_url.clone(),

@@ -24,3 +24,104 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A running `teachin all` on free ports, against its own fresh database and its own Redis
+/// namespace, so tests run in parallel without sharing sessions, rate limits or pushes.
+/// Killed when dropped.
+#[allow(dead_code)]
+pub struct RunningApp {
+    child: std::process::Child,
+    pub db: TestDatabase,
+    /// `http://127.0.0.1:PORT` of the manager.
+    pub manager: String,
+    pub accessor: String,
+    pub namespace: String,
+}
+
+#[allow(dead_code)]
+impl RunningApp {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra environment variables.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        let db = TestDatabase::new().await;
+        let namespace = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let (manager, accessor, engine) = (free_port(), free_port(), free_port());
+        let mut command = teachin(&db);
+        command
+            .arg("all")
+            .env("TEACHIN_NAMESPACE", &namespace)
+            .env("TEACHIN_MANAGER_PORT", manager.to_string())
+            .env("TEACHIN_ACCESSOR_PORT", accessor.to_string())
+            .env("TEACHIN_ENGINE_PORT", engine.to_string())
+            .stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("teachin starts");
+        let app = RunningApp {
+            child,
+            db,
+            manager: format!("http://127.0.0.1:{manager}"),
+            accessor: format!("http://127.0.0.1:{accessor}"),
+            namespace,
+        };
+        let ready = format!("{}/readyz", app.manager);
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(r) = client.get(&ready).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "the manager did not become ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        app
+    }
+
+    /// Creates an admin through the operator command; returns its id.
+    pub fn create_admin(&self, email: &str, password: &str) -> String {
+        let output = teachin(&self.db)
+            .args([
+                "admin",
+                "create",
+                "--email",
+                email,
+                "--first-name",
+                "Ada",
+                "--last-name",
+                "Admin",
+            ])
+            .env("TEACHIN_ADMIN_PASSWORD", password)
+            .output()
+            .expect("admin create runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// How many events the log holds.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -73,6 +73,12 @@ impl AuthMutation {
         let caller = authorize(ctx, "signUp", Subject::Caller).await?;
         password::check_strength(&input.password)
             .map_err(|rule| ApiError::bad_input("password", rule))?;
+        // Anonymous callers share one issuer name, so the key is scoped by the address too:
+        // two people who picked the same key do not collide.
+        let idempotency_key = idempotency_key.map(|key| {
+            let scoped = format!("{}:{}", input.email.trim().to_lowercase(), key.trim());
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, scoped.as_bytes()).to_string()
+        });
         let user_id = UserId(new_id(caller, "signUp", idempotency_key.as_deref()));
         let command = UserCommand::Register {
             user_id,

@@ -40,8 +40,8 @@ pub struct ClassMutation;
 
 #[Object]
 impl ClassMutation {
-    /// Creates a class with a fresh join code; its creator becomes its first teacher when
-    /// they add themselves (teachers) — admins create classes for others.
+    /// Creates a class with a fresh join code. A teacher who creates a class is its first
+    /// member (as its teacher); an admin creates classes for others to join.
     async fn create_class(
         &self,
         ctx: &Context<'_>,
