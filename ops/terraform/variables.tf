@@ -112,7 +112,7 @@ variable "availability_zones" {
 variable "aks_system_node_vm_size" {
   description = "VM size of the system node pool."
   type        = string
-  default     = "Standard_D2s_v5"
+  default     = "Standard_D2ds_v5"
 
   validation {
     condition     = can(regex("^Standard_", var.aks_system_node_vm_size))
@@ -123,7 +123,7 @@ variable "aks_system_node_vm_size" {
 variable "aks_user_node_vm_size" {
   description = "VM size of the workload node pool."
   type        = string
-  default     = "Standard_D4s_v5"
+  default     = "Standard_D4ds_v5"
 
   validation {
     condition     = can(regex("^Standard_", var.aks_user_node_vm_size))

@@ -41,6 +41,11 @@ resource "azurerm_kubernetes_cluster" "this" {
     zones                        = var.zones
     max_pods                     = 50
     temporary_name_for_rotation  = "systemtmp"
+    # OS on the VM's local disk (faster, no managed-disk cost) and encryption at host for
+    # temp disks and caches. Needs a VM size with a resource disk (the *ds_* sizes).
+    os_disk_type            = "Ephemeral"
+    os_disk_size_gb         = 64
+    host_encryption_enabled = true
 
     upgrade_settings {
       max_surge = "33%"
@@ -94,6 +99,10 @@ resource "azurerm_kubernetes_cluster_node_pool" "apps" {
   max_count             = var.user_node_max_count
   zones                 = var.zones
   max_pods              = 50
+
+  os_disk_type            = "Ephemeral"
+  os_disk_size_gb         = 64
+  host_encryption_enabled = true
 
   # Spot: up to 90% cheaper, evictable; the chart tolerates the taint AKS puts on spot nodes.
   priority        = var.enable_spot_nodes ? "Spot" : "Regular"

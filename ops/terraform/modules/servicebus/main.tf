@@ -23,7 +23,12 @@ resource "azurerm_servicebus_namespace" "this" {
   public_network_access_enabled = true
   # The binary and KEDA authenticate with SAS connection strings from Key Vault.
   local_auth_enabled = true
-  tags               = var.tags
+
+  identity {
+    type = "SystemAssigned"
+  }
+
+  tags = var.tags
 }
 
 resource "azurerm_servicebus_queue" "this" {
