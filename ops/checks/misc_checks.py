@@ -186,10 +186,10 @@ def check_terraform_tools(report: Report) -> None:
     if tf is None:
         print("     terraform not installed: skipping `terraform fmt -check` and `terraform test` (the HCL checks still ran)")
         return
-    proc = subprocess.run([tf, "fmt", "-check", "-recursive", "-list=true", str(TERRAFORM)], capture_output=True, text=True)
+    proc = subprocess.run([tf, "fmt", "-check", "-recursive", "-list=true", str(TERRAFORM)], capture_output=True, text=True, cwd=ROOT)
     unformatted = [l for l in proc.stdout.splitlines() if l.strip()]
     for f in unformatted:
-        path = Path(f) if Path(f).is_absolute() else TERRAFORM / f
+        path = Path(f) if Path(f).is_absolute() else ROOT / f
         report.fail("terraform-fmt", path, "not formatted (run `terraform fmt -recursive ops/terraform`)")
     for tfvars in sorted(TERRAFORM.glob("terraform.tfvars.*")):
         # fmt checks .tfvars only by extension; check each environment file through a copy.
