@@ -1,0 +1,54 @@
+variable "name" {
+  description = "Namespace name ({env}-servicebus-zionet-learning)."
+  type        = string
+}
+
+variable "location" {
+  description = "Region of the namespace."
+  type        = string
+}
+
+variable "resource_group_name" {
+  description = "Resource group of the namespace."
+  type        = string
+}
+
+variable "sku" {
+  description = "Standard (sessions, dead-lettering) or Premium (isolation, zone redundancy)."
+  type        = string
+
+  validation {
+    condition     = contains(["Standard", "Premium"], var.sku)
+    error_message = "sku must be Standard or Premium: Basic has no sessions, which manager-callback-session-queue needs."
+  }
+}
+
+variable "premium_messaging_units" {
+  description = "Messaging units when sku is Premium."
+  type        = number
+}
+
+variable "max_delivery_count" {
+  description = "Deliveries before a message is dead-lettered."
+  type        = number
+
+  validation {
+    condition     = var.max_delivery_count >= 1 && var.max_delivery_count <= 2000
+    error_message = "max_delivery_count must be between 1 and 2000."
+  }
+}
+
+variable "lock_duration" {
+  description = "Peek-lock duration (ISO 8601); workers renew it for long AI calls."
+  type        = string
+}
+
+variable "message_ttl" {
+  description = "Default time to live (ISO 8601) before a message expires to the dead-letter queue."
+  type        = string
+}
+
+variable "tags" {
+  description = "Tags applied to every resource."
+  type        = map(string)
+}

@@ -1,0 +1,53 @@
+# Blob storage for avatars. Browsers upload straight to Blob with a short-lived SAS URL the
+# API signs (original-system.md §1.2), so the account key exists (shared key), CORS admits
+# the portals, and the container itself stays private.
+
+resource "azurerm_storage_account" "this" {
+  name                     = var.name
+  resource_group_name      = var.resource_group_name
+  location                 = var.location
+  account_tier             = "Standard"
+  account_kind             = "StorageV2"
+  account_replication_type = var.replication_type
+
+  min_tls_version                   = "TLS1_2"
+  https_traffic_only_enabled        = true
+  allow_nested_items_to_be_public   = false
+  shared_access_key_enabled         = true
+  infrastructure_encryption_enabled = true
+  public_network_access_enabled     = true
+
+  blob_properties {
+    versioning_enabled = true
+
+    delete_retention_policy {
+      days = var.soft_delete_days
+    }
+
+    container_delete_retention_policy {
+      days = var.soft_delete_days
+    }
+
+    cors_rule {
+      allowed_headers    = ["*"]
+      allowed_methods    = ["GET", "HEAD", "PUT"]
+      allowed_origins    = var.allowed_origins
+      exposed_headers    = ["ETag"]
+      max_age_in_seconds = 3600
+    }
+  }
+
+  # SAS URLs are signed for minutes; anything longer-lived is logged.
+  sas_policy {
+    expiration_period = "0.01:00:00"
+    expiration_action = "Log"
+  }
+
+  tags = var.tags
+}
+
+resource "azurerm_storage_container" "avatars" {
+  name                  = var.container_name
+  storage_account_id    = azurerm_storage_account.this.id
+  container_access_type = "private"
+}
