@@ -93,7 +93,7 @@ impl StudentActivity {
                     GameConfigurationCommand::Save {
                         game: GameType::WordOrder,
                         difficulty: Difficulty::Medium,
-                        nikud: round % 2 == 0,
+                        nikud: round.is_multiple_of(2),
                         number_of_sentences: (round % 10 + 1) as u8,
                     },
                     &context,

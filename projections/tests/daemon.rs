@@ -36,7 +36,7 @@ async fn save_config(bus: &CommandBus, user: UserId, sentences: u8) {
         GameConfigurationCommand::Save {
             game: GameType::TypingPractice,
             difficulty: Difficulty::Hard,
-            nikud: sentences % 2 == 0,
+            nikud: sentences.is_multiple_of(2),
             number_of_sentences: sentences,
         },
         &CommandContext::new(Actor::System, "test"),
