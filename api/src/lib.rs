@@ -4,4 +4,5 @@
 
 pub mod auth;
 pub mod health;
+pub mod hub;
 pub mod metrics;
