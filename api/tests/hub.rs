@@ -538,6 +538,26 @@ async fn bad_and_expired_tokens_get_401_at_negotiate() {
         json!([{"transport": "WebSockets", "transferFormats": ["Text"]}])
     );
 
+    // A client of negotiate version 0 uses the connection id itself as the token.
+    let response = router
+        .clone()
+        .oneshot(
+            Request::post(format!("{}/negotiate", hub::HUB_PATH))
+                .header(header::AUTHORIZATION, format!("Bearer {good}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["negotiateVersion"], 0);
+    assert!(body["connectionId"].is_string() && body.get("connectionToken").is_none());
+
     // The token may also come in the query string, as browsers send it.
     let response = router
         .clone()
@@ -1014,6 +1034,7 @@ async fn in_azure_mode_negotiate_redirects_and_the_feed_goes_out_once() {
     );
     let sent = hub.deliver(&n).await.unwrap() + replica_b.deliver(&n).await.unwrap();
     assert_eq!(sent, 1);
+    let calls_handle = calls.clone();
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
     assert_eq!(
@@ -1024,6 +1045,33 @@ async fn in_azure_mode_negotiate_redirects_and_the_feed_goes_out_once() {
             json!({"target": "ReceiveEvent", "arguments": [{"eventType": "X"}]})
         )
     );
+
+    // A non-admin's negotiate takes them out of Azure's Admins group (a demoted admin).
+    let response = router
+        .clone()
+        .oneshot(
+            Request::post(format!("{}/negotiate?negotiateVersion=1", hub::HUB_PATH))
+                .header(
+                    header::AUTHORIZATION,
+                    format!("Bearer {}", tokens().issue(student, Role::Teacher).token),
+                )
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let removal = (
+        "DELETE".to_owned(),
+        format!("/api/v1/hubs/notifications/groups/Admins/users/{student}"),
+        Value::Null,
+    );
+    eventually("the removal reaches Azure", || {
+        let calls = calls_handle.clone();
+        let removal = removal.clone();
+        async move { calls.lock().unwrap().contains(&removal) }
+    })
+    .await;
 
     // Sockets are Azure's: the local WebSocket endpoint sends clients back to negotiate.
     let response = router

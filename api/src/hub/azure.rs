@@ -12,7 +12,9 @@
 //!   match on).
 //! - **pushes are REST calls** authorised by a short JWT per request whose `aud` is the
 //!   request URL: `POST /api/v1/hubs/{hub}/users/{user}`, `POST …/groups/{group}` (body
-//!   `{target, arguments}`), `PUT …/groups/{group}/users/{user}` to add an admin to `Admins`.
+//!   `{target, arguments}`), `PUT …/groups/{group}/users/{user}` to add an admin to `Admins`
+//!   and `DELETE` of the same to take a former admin out (Azure keeps memberships across
+//!   connections, so a demoted admin would otherwise keep receiving admin pushes).
 //!
 //! The signing key is the access key's text as UTF-8 bytes (not base64-decoded), as Azure's
 //! own SDK does. The REST base URL is injectable so tests can point it at a local server.
@@ -249,6 +251,21 @@ impl AzureSignalR {
             segment(&user.to_string())
         );
         self.call(Method::PUT, &path, None).await
+    }
+
+    /// Takes `user` out of `group` (a 404-free no-op when they were not in it).
+    pub async fn remove_user_from_group(
+        &self,
+        group: &str,
+        user: UserId,
+    ) -> Result<(), AzureError> {
+        let path = format!(
+            "/api/v1/hubs/{}/groups/{}/users/{}",
+            segment(&self.inner.hub),
+            segment(group),
+            segment(&user.to_string())
+        );
+        self.call(Method::DELETE, &path, None).await
     }
 
     fn sign<T: Serialize>(&self, claims: &T) -> String {

@@ -163,6 +163,10 @@ end
 return out
 "#;
 
+/// Roughly how many arguments one lease-renewal script takes (a user's connections are
+/// never split across two).
+const REFRESH_BATCH_ARGS: usize = 2_000;
+
 /// How many lapsed users one sweep ends at most (the next sweep takes the rest).
 const SWEEP_LIMIT: usize = 500;
 
@@ -291,13 +295,30 @@ impl Presence {
                 .1
                 .push(id.clone());
         }
-        let mut args = vec![self.prefix.clone(), self.lease_ms()];
+        // In batches, so one script never holds Redis for long.
+        let mut changes = Vec::new();
+        let mut args = Vec::new();
         for (user, (meta, ids)) in by_user {
             args.push(user.to_string());
             args.push(meta);
             args.push(ids.len().to_string());
             args.extend(ids);
+            if args.len() >= REFRESH_BATCH_ARGS {
+                changes.extend(self.refresh_batch(std::mem::take(&mut args)).await?);
+            }
         }
+        if !args.is_empty() {
+            changes.extend(self.refresh_batch(args).await?);
+        }
+        Ok(changes)
+    }
+
+    async fn refresh_batch(
+        &self,
+        users: Vec<String>,
+    ) -> Result<Vec<PresenceChange>, fred::error::Error> {
+        let mut args = vec![self.prefix.clone(), self.lease_ms()];
+        args.extend(users);
         let reply = self.eval(REFRESH, vec![], args).await?;
         Ok(changes(&reply))
     }

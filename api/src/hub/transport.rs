@@ -52,11 +52,20 @@ pub(crate) async fn negotiate(
         return unavailable("the server is shutting down");
     }
     if let Some(azure) = hub.azure() {
+        // Azure keeps a user's group memberships across connections, so they follow the
+        // role in the token each time: an admin is added before connecting; anyone else is
+        // taken out (in the background, it only matters for a demoted admin).
         if who.role == Role::Admin {
-            // Azure remembers the membership for every later connection of the user.
             if let Err(error) = azure.add_user_to_group(ADMINS_GROUP, who.user_id).await {
                 tracing::warn!(%error, user = %who.user_id, "hub: admin not added to the Azure Admins group");
             }
+        } else {
+            let (azure, user) = (azure.clone(), who.user_id);
+            tokio::spawn(async move {
+                if let Err(error) = azure.remove_user_from_group(ADMINS_GROUP, user).await {
+                    tracing::warn!(%error, %user, "hub: user not removed from the Azure Admins group");
+                }
+            });
         }
         return Json(azure.redirect(who.user_id, who.expires_at)).into_response();
     }
