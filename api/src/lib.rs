@@ -7,5 +7,6 @@ pub mod auth;
 pub mod error;
 pub mod graphql;
 pub mod health;
+pub mod hub;
 pub mod metrics;
 pub mod server;
