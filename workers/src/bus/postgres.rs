@@ -49,19 +49,19 @@ pub struct PostgresBus {
     config: PostgresBusConfig,
 }
 
-type MessageRow = (
-    i64,
-    String,
-    Option<String>,
-    String,
-    String,
-    Json<BTreeMap<String, String>>,
-    DateTime<Utc>,
-    i32,
-);
-
-const MESSAGE_COLUMNS: &str = "sequence_number, message_id, correlation_id, action, body,
-    properties, enqueued_at, delivery_count";
+/// A row of `bus_messages` as a receiver gets it.
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    sequence_number: i64,
+    message_id: String,
+    correlation_id: Option<String>,
+    action: String,
+    body: String,
+    properties: Json<BTreeMap<String, String>>,
+    enqueued_at: DateTime<Utc>,
+    delivery_count: i32,
+    locked_until: DateTime<Utc>,
+}
 
 impl PostgresBus {
     pub fn new(pool: PgPool, config: PostgresBusConfig) -> Self {
@@ -107,49 +107,33 @@ impl PostgresBus {
                 continue;
             }
             let token = Uuid::new_v4();
-            let (row, locked_until): (MessageRow, DateTime<Utc>) = {
-                let sql = format!(
-                    "UPDATE bus_messages
-                        SET lock_token = $2,
-                            locked_until = clock_timestamp() + $3 * interval '1 millisecond',
-                            visible_at = clock_timestamp() + $3 * interval '1 millisecond',
-                            delivery_count = delivery_count + 1
-                      WHERE sequence_number = $1
-                  RETURNING {MESSAGE_COLUMNS}, locked_until"
-                );
-                let row: (
-                    i64,
-                    String,
-                    Option<String>,
-                    String,
-                    String,
-                    Json<BTreeMap<String, String>>,
-                    DateTime<Utc>,
-                    i32,
-                    DateTime<Utc>,
-                ) = sqlx::query_as(&sql)
-                    .bind(sequence_number)
-                    .bind(token)
-                    .bind(self.config.lock_duration.as_millis() as f64)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                (
-                    (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7),
-                    row.8,
-                )
-            };
+            let row: MessageRow = sqlx::query_as(
+                "UPDATE bus_messages
+                    SET lock_token = $2,
+                        locked_until = clock_timestamp() + $3 * interval '1 millisecond',
+                        visible_at = clock_timestamp() + $3 * interval '1 millisecond',
+                        delivery_count = delivery_count + 1
+                  WHERE sequence_number = $1
+              RETURNING sequence_number, message_id, correlation_id, action, body, properties,
+                        enqueued_at, delivery_count, locked_until",
+            )
+            .bind(sequence_number)
+            .bind(token)
+            .bind(self.config.lock_duration.as_millis() as f64)
+            .fetch_one(&mut *tx)
+            .await?;
             tx.commit().await?;
             return Ok(Some(ReceivedMessage {
                 queue,
-                sequence_number: row.0,
-                message_id: row.1,
-                correlation_id: row.2,
-                action: row.3,
-                body: row.4,
-                properties: row.5 .0,
-                enqueued_at: row.6,
-                delivery_count: row.7 as u32,
-                locked_until,
+                sequence_number: row.sequence_number,
+                message_id: row.message_id,
+                correlation_id: row.correlation_id,
+                action: row.action,
+                body: row.body,
+                properties: row.properties.0,
+                enqueued_at: row.enqueued_at,
+                delivery_count: row.delivery_count as u32,
+                locked_until: row.locked_until,
                 lock: Lock::Postgres { token },
             }));
         }
@@ -385,17 +369,18 @@ impl Bus for PostgresBus {
     }
 }
 
-type DeadLetterRow = (
-    String,
-    Option<String>,
-    String,
-    String,
-    Json<BTreeMap<String, String>>,
-    DateTime<Utc>,
-    i32,
-    String,
-    String,
-);
+#[derive(sqlx::FromRow)]
+struct DeadLetterRow {
+    message_id: String,
+    correlation_id: Option<String>,
+    action: String,
+    body: String,
+    properties: Json<BTreeMap<String, String>>,
+    enqueued_at: DateTime<Utc>,
+    delivery_count: i32,
+    reason: String,
+    description: String,
+}
 
 /// The dead letters kept in `bus_dead_letters` (both backends park there).
 pub(crate) async fn list_parked(
@@ -418,15 +403,15 @@ pub(crate) async fn list_parked(
         .into_iter()
         .map(|r| DeadLetter {
             queue,
-            message_id: r.0,
-            correlation_id: r.1,
-            action: r.2,
-            body: r.3,
-            properties: r.4 .0,
-            enqueued_at: Some(r.5),
-            delivery_count: r.6 as u32,
-            reason: r.7,
-            description: r.8,
+            message_id: r.message_id,
+            correlation_id: r.correlation_id,
+            action: r.action,
+            body: r.body,
+            properties: r.properties.0,
+            enqueued_at: Some(r.enqueued_at),
+            delivery_count: r.delivery_count as u32,
+            reason: r.reason,
+            description: r.description,
         })
         .collect())
 }
