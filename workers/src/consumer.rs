@@ -260,7 +260,8 @@ impl Consumer {
         }
     }
 
-    async fn process(&self, message: ReceivedMessage) -> Result<Settled, BusError> {
+    /// Handles a message already received from this consumer's queue, to the end.
+    pub async fn process(&self, message: ReceivedMessage) -> Result<Settled, BusError> {
         let context = MessageContext {
             queue: message.queue,
             message_id: message.message_id.clone(),

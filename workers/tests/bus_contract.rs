@@ -517,13 +517,11 @@ async fn consumer_renews_locks_of_slow_handlers(backend: Backend) {
         .send(Q, OutgoingMessage::new("s", "Slow", serde_json::json!({})))
         .await
         .unwrap();
+    let message = f.bus.receive(Q, SOME_WAIT).await.unwrap().unwrap();
     // A competing receiver polls throughout; it must never get the message.
     let bus = f.bus.clone();
     let competitor = tokio::spawn(async move { bus.receive(Q, Duration::from_secs(6)).await });
-    assert_eq!(
-        consumer.process_one(SOME_WAIT).await.unwrap(),
-        Some(Settled::Completed)
-    );
+    assert_eq!(consumer.process(message).await.unwrap(), Settled::Completed);
     assert!(competitor.await.unwrap().unwrap().is_none());
     assert_eq!(slow.runs.load(Ordering::SeqCst), 1);
 }
