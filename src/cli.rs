@@ -34,6 +34,9 @@ pub enum Command {
     /// Inspect and operate the projections (read models).
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Inspect the message queues and operate their dead letters.
+    #[command(subcommand)]
+    Queues(crate::queue_ops::QueuesCommand),
     /// Measure the system on this machine against baselines measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod log_view;
 mod projection_ops;
+mod queue_ops;
 mod roles;
 mod telemetry;
 
@@ -71,6 +72,11 @@ async fn run(command: Command, settings: config::Settings) -> anyhow::Result<()>
             let pool = roles::connect(&settings).await?;
             roles::migrate(&pool).await?;
             projection_ops::run(pool, command).await
+        }
+        Command::Queues(command) => {
+            let pool = roles::connect(&settings).await?;
+            roles::migrate(&pool).await?;
+            queue_ops::run(pool, &settings.bus, command).await
         }
         Command::Admin(AdminCommand::Create(args)) => {
             let pool = roles::connect(&settings).await?;

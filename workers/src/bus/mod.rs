@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The queues of the cloud architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum QueueName {
     /// Manager → engine: AI work (tutor replies, generation).
     Engine,
@@ -62,6 +62,13 @@ impl QueueName {
 impl fmt::Display for QueueName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Serialized by its broker name (`engine-queue`).
+impl Serialize for QueueName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -193,7 +200,9 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
-    pub fn oldest_age(&self, now: DateTime<Utc>) -> Option<Duration> {
+    /// How long the oldest message has been waiting.
+    pub fn oldest_age(&self) -> Option<Duration> {
+        let now = Utc::now();
         self.oldest_enqueued_at
             .map(|t| (now - t).to_std().unwrap_or_default())
     }
