@@ -7,8 +7,11 @@
 //!   what no handler can take, graceful shutdown.
 //! - [`relay`] — the outbox relay: integration messages derived from the event log with a
 //!   checkpoint of its own, so a command never writes to the bus directly (no dual write).
+//! - [`ai`] — the AI providers (Azure OpenAI, any OpenAI-compatible endpoint, offline) behind
+//!   one streaming trait, the frame batcher and the versioned prompts.
 //! - [`contracts`] — the messages' actions and payloads, shared by producers and consumers.
 
+pub mod ai;
 pub mod bus;
 pub mod consumer;
 pub mod contracts;
