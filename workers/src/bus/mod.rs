@@ -128,6 +128,14 @@ impl OutgoingMessage {
             .insert(name.to_ascii_lowercase(), value.into());
         self
     }
+
+    /// The payload as the text a backend stores, once the message is known to be sendable.
+    pub(crate) fn checked_body(&self) -> Result<String, BusError> {
+        if self.message_id.is_empty() {
+            return Err(BusError::Invalid("the message id is empty".into()));
+        }
+        serde_json::to_string(&self.payload).map_err(|e| BusError::Invalid(e.to_string()))
+    }
 }
 
 /// The property a resubmitted copy carries when the backend had to give it a new message id

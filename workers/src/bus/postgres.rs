@@ -205,11 +205,7 @@ async fn move_to_dead_letters(
 #[async_trait]
 impl Bus for PostgresBus {
     async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), BusError> {
-        if message.message_id.is_empty() {
-            return Err(BusError::Invalid("the message id is empty".into()));
-        }
-        let body = serde_json::to_string(&message.payload)
-            .map_err(|e| BusError::Invalid(e.to_string()))?;
+        let body = message.checked_body()?;
         sqlx::query(
             "WITH accepted AS (
                 INSERT INTO bus_message_ids (queue, message_id) VALUES ($1, $2)

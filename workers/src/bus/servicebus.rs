@@ -487,11 +487,7 @@ fn count_in(xml: &str, name: &str) -> Result<i64, BusError> {
 #[async_trait]
 impl Bus for ServiceBus {
     async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), BusError> {
-        if message.message_id.is_empty() {
-            return Err(BusError::Invalid("the message id is empty".into()));
-        }
-        let body = serde_json::to_string(&message.payload)
-            .map_err(|e| BusError::Invalid(e.to_string()))?;
+        let body = message.checked_body()?;
         self.send_raw(
             queue,
             &message.message_id,
