@@ -595,3 +595,17 @@ contract!(
     consumer_renews_locks_of_slow_handlers,
     consumer_loop_drains_and_shuts_down,
 );
+
+/// The local endpoint checks SAS signatures as Service Bus does, so the adapter's signing is
+/// tested too: a wrong key is refused.
+#[tokio::test]
+async fn service_bus_refuses_a_wrongly_signed_request() {
+    let db = TestDatabase::new().await;
+    let endpoint = LocalServiceBus::start(LocalServiceBusSettings::default()).await;
+    let mut config = endpoint.config();
+    config.key = "not-the-key".into();
+    let bus = ServiceBus::new(config, endpoint.http_client(), db.pool.clone()).unwrap();
+    let refused = bus.send(Q, message("m", 1)).await.unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+    assert!(bus.stats(Q).await.is_err());
+}
