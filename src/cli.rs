@@ -37,6 +37,9 @@ pub enum Command {
     /// Scheduled maintenance jobs (the Helm chart runs them as CronJobs).
     #[command(subcommand)]
     Cron(CronCommand),
+    /// Inspect the message queues and operate their dead letters.
+    #[command(subcommand)]
+    Queues(crate::queue_ops::QueuesCommand),
     /// Measure the system on this machine against baselines measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),

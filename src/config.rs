@@ -65,6 +65,9 @@ pub struct Settings {
     /// Sign-in and refresh attempts allowed per client address.
     pub login_budget: teachin_api::auth::rate_limit::Budget,
     pub refresh_budget: teachin_api::auth::rate_limit::Budget,
+    /// The message bus: `TEACHIN_BUS` (`postgres`, the default, or `servicebus`) and its
+    /// settings.
+    pub bus: teachin_workers::BusConfig,
 }
 
 const LOCAL_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/teachin";
@@ -290,6 +293,7 @@ impl<'a> SettingsSource<'a> {
             trust_forwarded_for,
             login_budget,
             refresh_budget,
+            bus: self.bus()?,
         })
     }
 
@@ -312,6 +316,58 @@ impl<'a> SettingsSource<'a> {
             None => Err(ConfigError::new(
                 names[0],
                 "must be set outside a local environment",
+            )),
+        }
+    }
+
+    /// `TEACHIN_BUS=postgres` (default): `TEACHIN_BUS_LOCK_SECONDS` (60) and
+    /// `TEACHIN_BUS_MAX_DELIVERY_COUNT` (10). `TEACHIN_BUS=servicebus`:
+    /// `ServiceBus__ConnectionString` (the namespace's; lock duration and maximum delivery
+    /// count are then the queues' own, set in Terraform).
+    fn bus(&self) -> Result<teachin_workers::BusConfig, ConfigError> {
+        use teachin_workers::bus::{postgres::PostgresBusConfig, servicebus::ServiceBusConfig};
+        let backend = self
+            .first(&["TEACHIN_BUS"])
+            .map(|(_, v)| v.to_ascii_lowercase());
+        match backend.as_deref() {
+            None | Some("postgres") => {
+                let lock_seconds: u64 =
+                    self.parsed("TEACHIN_BUS_LOCK_SECONDS", 60, "a number of seconds")?;
+                let max_delivery_count: u32 = self.parsed(
+                    "TEACHIN_BUS_MAX_DELIVERY_COUNT",
+                    10,
+                    "a number of deliveries",
+                )?;
+                if lock_seconds == 0 {
+                    return Err(ConfigError::new(
+                        "TEACHIN_BUS_LOCK_SECONDS",
+                        "must be at least 1",
+                    ));
+                }
+                if max_delivery_count == 0 {
+                    return Err(ConfigError::new(
+                        "TEACHIN_BUS_MAX_DELIVERY_COUNT",
+                        "must be at least 1",
+                    ));
+                }
+                Ok(teachin_workers::BusConfig::Postgres(PostgresBusConfig {
+                    lock_duration: std::time::Duration::from_secs(lock_seconds),
+                    max_delivery_count,
+                    ..PostgresBusConfig::default()
+                }))
+            }
+            Some("servicebus") => match self.first(&["ServiceBus__ConnectionString"]) {
+                Some((name, raw)) => ServiceBusConfig::from_connection_string(&raw)
+                    .map(teachin_workers::BusConfig::ServiceBus)
+                    .map_err(|p| ConfigError::new(&name, p)),
+                None => Err(ConfigError::new(
+                    "ServiceBus__ConnectionString",
+                    "must be set when TEACHIN_BUS=servicebus",
+                )),
+            },
+            Some(other) => Err(ConfigError::new(
+                "TEACHIN_BUS",
+                format!("`{other}` is not `postgres` or `servicebus`"),
             )),
         }
     }
@@ -502,6 +558,50 @@ mod tests {
         assert_eq!(
             load(&[("REDIS_URL", "password=x")]).unwrap_err().name,
             "REDIS_URL"
+        );
+    }
+
+    #[test]
+    fn chooses_the_bus_backend() {
+        use teachin_workers::BusConfig;
+        match load(&[]).unwrap().bus {
+            BusConfig::Postgres(c) => {
+                assert_eq!(c.lock_duration, std::time::Duration::from_secs(60));
+                assert_eq!(c.max_delivery_count, 10);
+            }
+            other => panic!("{other:?}"),
+        }
+        match load(&[("TEACHIN_BUS_MAX_DELIVERY_COUNT", "3")])
+            .unwrap()
+            .bus
+        {
+            BusConfig::Postgres(c) => assert_eq!(c.max_delivery_count, 3),
+            other => panic!("{other:?}"),
+        }
+        let e = load(&[("TEACHIN_BUS", "servicebus")]).unwrap_err();
+        assert_eq!(e.name, "ServiceBus__ConnectionString");
+        let s = load(&[
+            ("TEACHIN_BUS", "servicebus"),
+            (
+                "ServiceBus__ConnectionString",
+                "Endpoint=sb://dev-sb.servicebus.windows.net/;SharedAccessKeyName=p;SharedAccessKey=k",
+            ),
+        ])
+        .unwrap();
+        assert!(matches!(s.bus, BusConfig::ServiceBus(c) if c.namespace == "dev-sb"));
+        let e = load(&[
+            ("TEACHIN_BUS", "servicebus"),
+            ("ServiceBus__ConnectionString", "Endpoint=sb://elsewhere/"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.name, "ServiceBus__ConnectionString");
+        assert_eq!(
+            load(&[("TEACHIN_BUS", "kafka")]).unwrap_err().name,
+            "TEACHIN_BUS"
+        );
+        assert_eq!(
+            load(&[("TEACHIN_BUS_LOCK_SECONDS", "0")]).unwrap_err().name,
+            "TEACHIN_BUS_LOCK_SECONDS"
         );
     }
 

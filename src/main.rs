@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod log_view;
 mod projection_ops;
+mod queue_ops;
 mod roles;
 mod telemetry;
 
@@ -82,6 +83,11 @@ async fn run(command: Command, settings: config::Settings) -> anyhow::Result<()>
             let purged = sessions.cleanup().await?;
             println!("refresh sessions purged: {purged}");
             Ok(())
+        }
+        Command::Queues(command) => {
+            let pool = roles::connect(&settings).await?;
+            roles::migrate(&pool).await?;
+            queue_ops::run(pool, &settings.bus, command).await
         }
         Command::Admin(AdminCommand::Create(args)) => {
             let pool = roles::connect(&settings).await?;

@@ -1,0 +1,753 @@
+//! The Azure Service Bus backend, over the Service Bus REST API.
+//!
+//! Sending, peek-lock, complete (DELETE on the lock's location), abandon (PUT, "unlock") and
+//! renew (POST) go through `azure_messaging_servicebus` 0.21 (`QueueClient`,
+//! `PeekLockResponse`). Its HTTP client is injected (`Arc<dyn azure_core::HttpClient>`):
+//! production passes a reqwest client, the tests one that redirects every request to a local
+//! endpoint implementing the same REST semantics (`crate::testing::LocalServiceBus`).
+//!
+//! What the 0.21 crate cannot do, and how this adapter does it instead:
+//! - **Action name and correlation id of a received message**: the crate's `BrokerProperties`
+//!   drops `Label` and `CorrelationId`, so the adapter also reads the `BrokerProperties`
+//!   header itself (through `PeekLockResponse::custom_properties`).
+//! - **Dead-lettering with a reason**: the REST API has no dead-letter operation (only AMQP
+//!   does). The broker still dead-letters by itself — a message delivered `MaxDeliveryCount`
+//!   times goes to the queue's `$DeadLetterQueue` sub-queue with reason
+//!   `MaxDeliveryCountExceeded` — and this adapter reads that sub-queue over REST
+//!   (`{queue}/$DeadLetterQueue/messages/head`). An *explicit* dead-letter (unknown action,
+//!   malformed payload, a handler's refusal) is parked in PostgreSQL's `bus_dead_letters`
+//!   with its reason, then completed on the broker: parked first, so a crash in between
+//!   redelivers the message and parks it again, never loses it.
+//! - **Statistics**: not in the crate; read with the same HTTP client from the management
+//!   API (`GET https://{namespace}.servicebus.windows.net/{queue}?api-version=2021-05`, an
+//!   Atom entry whose `CountDetails` hold the active and dead-letter counts), signed with a
+//!   SAS token made here as the crate makes its own. The REST API does not tell the age of
+//!   the oldest message, so [`QueueStats::oldest_enqueued_at`] is `None` here.
+//! - **Resubmitting**: a copy is sent to the queue and the dead letter deleted. Duplicate
+//!   detection would drop a copy with the same message id, so the copy gets a new id and
+//!   carries the original in the `original-message-id` property (consumers deduplicate on
+//!   it, see [`ReceivedMessage::dedupe_key`]).
+//!
+//! Idempotent sends rely on the queues' duplicate detection (`requires_duplicate_detection`
+//! in Terraform): the broker drops a message whose id it accepted within its history window.
+//! The crate hard-codes `https://{namespace}.servicebus.windows.net`, so only the public
+//! Azure cloud is reachable (or anything the injected client redirects to).
+
+use super::{
+    postgres::list_parked, Bus, BusError, DeadLetter, Lock, OutgoingMessage, QueueName, QueueStats,
+    ReceivedMessage, ORIGINAL_MESSAGE_ID,
+};
+use async_trait::async_trait;
+use azure_core::headers::{HeaderName, Headers};
+use azure_core::{HttpClient, Method, Request, StatusCode, Url};
+use azure_messaging_servicebus::service_bus::{
+    PeekLockResponse, QueueClient, SendMessageOptions, SettableBrokerProperties,
+};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use sqlx::types::Json;
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The management API version the statistics are read with.
+pub const MANAGEMENT_API_VERSION: &str = "2021-05";
+/// The dead-letter sub-queue of a queue, as the REST paths name it.
+pub const DEAD_LETTER_SUBQUEUE: &str = "$DeadLetterQueue";
+/// How long a SAS token the adapter makes itself is valid.
+const SAS_VALIDITY: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+pub struct ServiceBusConfig {
+    /// `{namespace}` of `{namespace}.servicebus.windows.net`.
+    pub namespace: String,
+    /// The shared access policy (`SharedAccessKeyName`).
+    pub policy_name: String,
+    /// Its key (`SharedAccessKey`).
+    pub key: String,
+    /// How many messages of the broker's dead-letter sub-queue one list or resubmit looks at.
+    pub dead_letter_scan_limit: usize,
+}
+
+impl fmt::Debug for ServiceBusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBusConfig")
+            .field("namespace", &self.namespace)
+            .field("policy_name", &self.policy_name)
+            .field("key", &"<secret>")
+            .finish()
+    }
+}
+
+impl ServiceBusConfig {
+    /// Reads `Endpoint=sb://{namespace}.servicebus.windows.net/;SharedAccessKeyName=..;
+    /// SharedAccessKey=..`, the form of `ServiceBus__ConnectionString`.
+    pub fn from_connection_string(raw: &str) -> Result<Self, String> {
+        let mut endpoint = None;
+        let mut policy_name = None;
+        let mut key = None;
+        for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not a Name=Value pair"))?;
+            match name.trim().to_ascii_lowercase().as_str() {
+                "endpoint" => endpoint = Some(value.trim().to_string()),
+                "sharedaccesskeyname" => policy_name = Some(value.trim().to_string()),
+                // A key may end in `=` (base64); split_once kept the rest whole.
+                "sharedaccesskey" => key = Some(value.trim().to_string()),
+                "entitypath" => {
+                    return Err("an EntityPath connection string names one queue; \
+                                give the namespace's connection string"
+                        .into())
+                }
+                _ => {}
+            }
+        }
+        let endpoint = endpoint.ok_or("Endpoint is missing")?;
+        let host = endpoint
+            .strip_prefix("sb://")
+            .or_else(|| endpoint.strip_prefix("https://"))
+            .ok_or_else(|| format!("Endpoint `{endpoint}` is not sb://HOST/"))?
+            .trim_end_matches('/');
+        let namespace = host
+            .strip_suffix(".servicebus.windows.net")
+            .ok_or_else(|| {
+                format!("Endpoint host `{host}` is not NAMESPACE.servicebus.windows.net")
+            })?;
+        if namespace.is_empty() || namespace.contains('.') {
+            return Err(format!("`{host}` does not name a namespace"));
+        }
+        Ok(ServiceBusConfig {
+            namespace: namespace.to_string(),
+            policy_name: policy_name.ok_or("SharedAccessKeyName is missing")?,
+            key: key.ok_or("SharedAccessKey is missing")?,
+            dead_letter_scan_limit: 500,
+        })
+    }
+
+    pub fn host(&self) -> String {
+        format!("{}.servicebus.windows.net", self.namespace)
+    }
+}
+
+/// A SAS token for `resource` (`SharedAccessSignature sr=..&sig=..&se=..&skn=..`), made the
+/// way Service Bus checks it: HMAC-SHA256 of `"{url-encoded resource}\n{expiry}"` under the
+/// key's bytes.
+pub fn sas_token(resource: &str, policy_name: &str, key: &str, expires_unix: i64) -> String {
+    let sr = url::form_urlencoded::byte_serialize(resource.as_bytes()).collect::<String>();
+    let signed = format!("{sr}\n{expires_unix}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
+    mac.update(signed.as_bytes());
+    let signature = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        mac.finalize().into_bytes(),
+    );
+    let sig = url::form_urlencoded::byte_serialize(signature.as_bytes()).collect::<String>();
+    format!("SharedAccessSignature sr={sr}&sig={sig}&se={expires_unix}&skn={policy_name}")
+}
+
+pub struct ServiceBus {
+    config: ServiceBusConfig,
+    http: Arc<dyn HttpClient>,
+    pool: PgPool,
+    queues: HashMap<QueueName, QueueClient>,
+    dead_letter_queues: HashMap<QueueName, QueueClient>,
+}
+
+/// The lock of a message received from Service Bus: the crate's handle on it (which knows
+/// the lock's location) and how long the broker locks a message for.
+pub(crate) struct ServiceBusLock {
+    response: PeekLockResponse,
+    lock_span: chrono::Duration,
+}
+
+impl ServiceBus {
+    pub fn new(
+        config: ServiceBusConfig,
+        http: Arc<dyn HttpClient>,
+        pool: PgPool,
+    ) -> Result<Self, BusError> {
+        let client = |entity: String| {
+            QueueClient::new(
+                http.clone(),
+                config.namespace.clone(),
+                entity,
+                config.policy_name.clone(),
+                config.key.clone(),
+            )
+            .map_err(|e| BusError::ServiceBus(e.to_string()))
+        };
+        let mut queues = HashMap::new();
+        let mut dead_letter_queues = HashMap::new();
+        for queue in QueueName::ALL {
+            queues.insert(queue, client(queue.as_str().to_string())?);
+            dead_letter_queues.insert(
+                queue,
+                client(format!("{}/{DEAD_LETTER_SUBQUEUE}", queue.as_str()))?,
+            );
+        }
+        Ok(ServiceBus {
+            config,
+            http,
+            pool,
+            queues,
+            dead_letter_queues,
+        })
+    }
+
+    /// The production HTTP client: reqwest with rustls, bounded connect time, and a request
+    /// timeout above the longest receive wait the consumers use.
+    pub fn default_http_client() -> Arc<dyn HttpClient> {
+        Arc::new(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(90))
+                .build()
+                .expect("a reqwest client with rustls builds"),
+        )
+    }
+
+    fn queue(&self, queue: QueueName) -> &QueueClient {
+        &self.queues[&queue]
+    }
+
+    /// Takes a message from `client`'s entity; `None` when there is none within `wait`.
+    async fn peek_lock(
+        &self,
+        queue: QueueName,
+        client: &QueueClient,
+        wait: Duration,
+    ) -> Result<Option<(ReceivedMessage, BTreeMap<String, String>)>, BusError> {
+        // The REST long poll counts whole seconds; 0 answers at once.
+        let response = client
+            .peek_lock_message2(Some(Duration::from_secs(wait.as_secs())))
+            .await
+            .map_err(service_bus_error)?;
+        match *response.status() {
+            StatusCode::Created => {}
+            StatusCode::NoContent => return Ok(None),
+            other => {
+                return Err(BusError::ServiceBus(format!(
+                    "peek-lock on {queue} answered {other}: {}",
+                    response.body()
+                )))
+            }
+        }
+        let broker = response.broker_properties().ok_or_else(|| {
+            BusError::ServiceBus("a locked message came without BrokerProperties".into())
+        })?;
+        let headers: Headers = match response.custom_properties::<Headers>() {
+            Ok(headers) => headers,
+            Err(never) => match never {},
+        };
+        let extra = ExtraBrokerProperties::read(&headers)?;
+        let (properties, system) = application_properties(&headers);
+        let received_at = Utc::now();
+        let locked_until = to_chrono(broker.locked_until_utc);
+        let message = ReceivedMessage {
+            queue,
+            message_id: broker.message_id.clone(),
+            correlation_id: extra.correlation_id,
+            action: extra.label.unwrap_or_default(),
+            body: response.body(),
+            properties,
+            enqueued_at: broker
+                .enqueued_time_utc
+                .map(to_chrono)
+                .unwrap_or(received_at),
+            delivery_count: broker.delivery_count.max(0) as u32,
+            sequence_number: broker.sequence_number,
+            locked_until,
+            lock: Lock::ServiceBus(Box::new(ServiceBusLock {
+                response,
+                lock_span: (locked_until - received_at).max(chrono::Duration::seconds(1)),
+            })),
+        };
+        Ok(Some((message, system)))
+    }
+
+    fn lock<'m>(&self, message: &'m ReceivedMessage) -> Result<&'m ServiceBusLock, BusError> {
+        match &message.lock {
+            Lock::ServiceBus(lock) => Ok(lock),
+            Lock::Postgres { .. } => Err(BusError::Invalid(
+                "this message was received from PostgreSQL, not from Service Bus".into(),
+            )),
+        }
+    }
+
+    /// Sends a dead letter back to its queue under a new id (see the module comment).
+    async fn send_copy(
+        &self,
+        queue: QueueName,
+        original_key: &str,
+        action: &str,
+        correlation_id: Option<String>,
+        body: &str,
+        mut properties: BTreeMap<String, String>,
+    ) -> Result<(), BusError> {
+        properties.insert(ORIGINAL_MESSAGE_ID.into(), original_key.to_string());
+        self.send_raw(
+            queue,
+            &uuid::Uuid::new_v4().to_string(),
+            correlation_id,
+            action,
+            body,
+            &properties,
+        )
+        .await
+    }
+
+    async fn send_raw(
+        &self,
+        queue: QueueName,
+        message_id: &str,
+        correlation_id: Option<String>,
+        action: &str,
+        body: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<(), BusError> {
+        let options = SendMessageOptions {
+            content_type: Some("application/json".into()),
+            broker_properties: Some(SettableBrokerProperties {
+                message_id: Some(message_id.to_string()),
+                correlation_id,
+                label: Some(action.to_string()),
+                ..Default::default()
+            }),
+            // Custom properties travel as headers; a string value is sent JSON-quoted.
+            custom_properties: Some(
+                properties
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()).to_string()))
+                    .collect(),
+            ),
+        };
+        self.queue(queue)
+            .send_message(body, Some(options))
+            .await
+            .map_err(service_bus_error)
+    }
+
+    /// The broker's dead letters of `queue` (up to `limit`), each still locked.
+    async fn lock_broker_dead_letters(
+        &self,
+        queue: QueueName,
+        limit: usize,
+    ) -> Result<Vec<(ReceivedMessage, BTreeMap<String, String>)>, BusError> {
+        let client = &self.dead_letter_queues[&queue];
+        let mut locked = Vec::new();
+        while locked.len() < limit {
+            match self.peek_lock(queue, client, Duration::ZERO).await? {
+                Some(found) => locked.push(found),
+                None => break,
+            }
+        }
+        Ok(locked)
+    }
+
+    /// Management API: the queue's entity description.
+    async fn queue_description(&self, queue: QueueName) -> Result<String, BusError> {
+        let url = format!(
+            "https://{}/{}?api-version={MANAGEMENT_API_VERSION}",
+            self.config.host(),
+            queue.as_str()
+        );
+        let mut request = Request::new(
+            Url::parse(&url).map_err(|e| BusError::ServiceBus(e.to_string()))?,
+            Method::Get,
+        );
+        let expires = Utc::now().timestamp() + SAS_VALIDITY.as_secs() as i64;
+        request.insert_header(
+            azure_core::headers::AUTHORIZATION,
+            sas_token(
+                &format!("https://{}/{}", self.config.host(), queue.as_str()),
+                &self.config.policy_name,
+                &self.config.key,
+                expires,
+            ),
+        );
+        let response = self
+            .http
+            .execute_request_check_status(&request)
+            .await
+            .map_err(service_bus_error)?;
+        String::from_utf8(response.body().to_vec())
+            .map_err(|e| BusError::ServiceBus(format!("the queue description is not UTF-8: {e}")))
+    }
+}
+
+/// What the crate's `BrokerProperties` leaves out.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ExtraBrokerProperties {
+    label: Option<String>,
+    correlation_id: Option<String>,
+}
+
+impl ExtraBrokerProperties {
+    fn read(headers: &Headers) -> Result<Self, BusError> {
+        match headers.get_optional_str(&HeaderName::from_static("brokerproperties")) {
+            Some(raw) => serde_json::from_str(raw)
+                .map_err(|e| BusError::ServiceBus(format!("BrokerProperties: {e}"))),
+            None => Ok(Self::default()),
+        }
+    }
+}
+
+/// Headers the broker or HTTP put on a response: never application properties.
+const STANDARD_HEADERS: &[&str] = &[
+    "brokerproperties",
+    "location",
+    "content-type",
+    "content-length",
+    "date",
+    "server",
+    "transfer-encoding",
+    "strict-transport-security",
+    "connection",
+    "etag",
+];
+
+/// The properties the broker sets on a dead letter (they come back as custom properties).
+const DEAD_LETTER_REASON: &str = "deadletterreason";
+const DEAD_LETTER_DESCRIPTION: &str = "deadlettererrordescription";
+
+/// Splits a received message's custom properties (JSON-quoted header values) into the
+/// application's and the broker's dead-letter ones.
+fn application_properties(
+    headers: &Headers,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut application = BTreeMap::new();
+    let mut system = BTreeMap::new();
+    for (name, value) in headers.iter() {
+        let name = name.as_str().to_ascii_lowercase();
+        if STANDARD_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(serde_json::Value::String(text)) =
+            serde_json::from_str::<serde_json::Value>(value.as_str())
+        else {
+            continue;
+        };
+        if name == DEAD_LETTER_REASON || name == DEAD_LETTER_DESCRIPTION {
+            system.insert(name, text);
+        } else {
+            application.insert(name, text);
+        }
+    }
+    (application, system)
+}
+
+fn to_chrono(t: time::OffsetDateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()).unwrap_or_default()
+}
+
+/// A settle call's failure: 404 / 410 on a lock location mean the lock is gone.
+fn settle_error(error: azure_core::Error) -> BusError {
+    match error.kind() {
+        azure_core::error::ErrorKind::HttpResponse {
+            status: StatusCode::NotFound | StatusCode::Gone,
+            ..
+        } => BusError::LockLost,
+        _ => service_bus_error(error),
+    }
+}
+
+fn service_bus_error(error: azure_core::Error) -> BusError {
+    BusError::ServiceBus(error.to_string())
+}
+
+/// The text of the first element whose local name (without namespace prefix) is `name`.
+fn element_text<'x>(xml: &'x str, name: &str) -> Option<&'x str> {
+    let mut rest = xml;
+    while let Some(start) = rest.find('<') {
+        rest = &rest[start + 1..];
+        let end = rest.find('>')?;
+        let tag = &rest[..end];
+        let tag_name = tag.split_whitespace().next().unwrap_or("");
+        let local = tag_name.rsplit(':').next().unwrap_or(tag_name);
+        if local == name && !tag.ends_with('/') && !tag.starts_with('/') {
+            let content = &rest[end + 1..];
+            return Some(&content[..content.find('<')?]);
+        }
+        rest = &rest[end + 1..];
+    }
+    None
+}
+
+fn count_in(xml: &str, name: &str) -> Result<i64, BusError> {
+    element_text(xml, name)
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| BusError::ServiceBus(format!("the queue description has no {name}")))
+}
+
+#[async_trait]
+impl Bus for ServiceBus {
+    async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), BusError> {
+        let body = message.checked_body()?;
+        self.send_raw(
+            queue,
+            &message.message_id,
+            message.correlation_id,
+            &message.action,
+            &body,
+            &message.properties,
+        )
+        .await
+    }
+
+    async fn receive(
+        &self,
+        queue: QueueName,
+        wait: Duration,
+    ) -> Result<Option<ReceivedMessage>, BusError> {
+        Ok(self
+            .peek_lock(queue, self.queue(queue), wait)
+            .await?
+            .map(|(message, _)| message))
+    }
+
+    async fn complete(&self, message: &ReceivedMessage) -> Result<(), BusError> {
+        self.lock(message)?
+            .response
+            .delete_message()
+            .await
+            .map_err(settle_error)?;
+        Ok(())
+    }
+
+    async fn abandon(&self, message: &ReceivedMessage) -> Result<(), BusError> {
+        self.lock(message)?
+            .response
+            .unlock_message()
+            .await
+            .map_err(settle_error)
+    }
+
+    async fn renew_lock(&self, message: &ReceivedMessage) -> Result<DateTime<Utc>, BusError> {
+        let lock = self.lock(message)?;
+        let span = lock.lock_span;
+        lock.response
+            .renew_message_lock()
+            .await
+            .map_err(settle_error)?;
+        // The REST answer carries no new deadline; the broker renews for its lock duration.
+        Ok(Utc::now() + span)
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &ReceivedMessage,
+        reason: &str,
+        description: &str,
+    ) -> Result<(), BusError> {
+        let lock = self.lock(message)?;
+        sqlx::query(
+            "INSERT INTO bus_dead_letters (queue, message_id, sequence_number, correlation_id,
+                    action, body, properties, enqueued_at, delivery_count, reason, description)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (queue, message_id) DO UPDATE
+                SET sequence_number = EXCLUDED.sequence_number, body = EXCLUDED.body,
+                    properties = EXCLUDED.properties, delivery_count = EXCLUDED.delivery_count,
+                    reason = EXCLUDED.reason, description = EXCLUDED.description,
+                    dead_lettered_at = now()",
+        )
+        .bind(message.queue.as_str())
+        .bind(&message.message_id)
+        .bind(message.sequence_number)
+        .bind(&message.correlation_id)
+        .bind(&message.action)
+        .bind(&message.body)
+        .bind(Json(&message.properties))
+        .bind(message.enqueued_at)
+        .bind(message.delivery_count as i32)
+        .bind(reason)
+        .bind(description)
+        .execute(&self.pool)
+        .await?;
+        if let Err(error) = lock.response.delete_message().await.map_err(settle_error) {
+            // Still in the queue, and maybe with another receiver now: not a dead letter.
+            sqlx::query("DELETE FROM bus_dead_letters WHERE queue = $1 AND message_id = $2")
+                .bind(message.queue.as_str())
+                .bind(&message.message_id)
+                .execute(&self.pool)
+                .await?;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn stats(&self, queue: QueueName) -> Result<QueueStats, BusError> {
+        let description = self.queue_description(queue).await?;
+        let active = count_in(&description, "ActiveMessageCount")?;
+        let broker_dead = count_in(&description, "DeadLetterMessageCount")?;
+        let parked: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM bus_dead_letters WHERE queue = $1")
+                .bind(queue.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(QueueStats {
+            queue,
+            depth: active,
+            oldest_enqueued_at: None,
+            dead_letters: broker_dead + parked,
+        })
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: QueueName,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        let mut letters = list_parked(&self.pool, queue, limit).await?;
+        let wanted = limit
+            .saturating_sub(letters.len())
+            .min(self.config.dead_letter_scan_limit);
+        let locked = self.lock_broker_dead_letters(queue, wanted).await?;
+        for (message, system) in &locked {
+            letters.push(DeadLetter {
+                queue,
+                message_id: message.message_id.clone(),
+                correlation_id: message.correlation_id.clone(),
+                action: message.action.clone(),
+                body: message.body.clone(),
+                properties: message.properties.clone(),
+                enqueued_at: Some(message.enqueued_at),
+                delivery_count: message.delivery_count,
+                reason: system.get(DEAD_LETTER_REASON).cloned().unwrap_or_default(),
+                description: system
+                    .get(DEAD_LETTER_DESCRIPTION)
+                    .cloned()
+                    .unwrap_or_default(),
+            });
+        }
+        // Listing is not taking: give every broker dead letter back.
+        for (message, _) in &locked {
+            self.abandon(message).await?;
+        }
+        Ok(letters)
+    }
+
+    async fn resubmit(&self, queue: QueueName, message_id: &str) -> Result<bool, BusError> {
+        // Parked by a consumer?
+        let parked: Option<(
+            Option<String>,
+            String,
+            String,
+            Json<BTreeMap<String, String>>,
+        )> = sqlx::query_as(
+            "SELECT correlation_id, action, body, properties FROM bus_dead_letters
+                  WHERE queue = $1 AND message_id = $2",
+        )
+        .bind(queue.as_str())
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((correlation_id, action, body, Json(properties))) = parked {
+            let original = properties
+                .get(ORIGINAL_MESSAGE_ID)
+                .cloned()
+                .unwrap_or_else(|| message_id.to_string());
+            self.send_copy(queue, &original, &action, correlation_id, &body, properties)
+                .await?;
+            sqlx::query("DELETE FROM bus_dead_letters WHERE queue = $1 AND message_id = $2")
+                .bind(queue.as_str())
+                .bind(message_id)
+                .execute(&self.pool)
+                .await?;
+            return Ok(true);
+        }
+        // In the broker's dead-letter sub-queue?
+        let locked = self
+            .lock_broker_dead_letters(queue, self.config.dead_letter_scan_limit)
+            .await?;
+        let mut found = false;
+        for (message, _) in &locked {
+            if !found && message.message_id == message_id {
+                self.send_copy(
+                    queue,
+                    message.dedupe_key(),
+                    &message.action,
+                    message.correlation_id.clone(),
+                    &message.body,
+                    message.properties.clone(),
+                )
+                .await?;
+                self.complete(message).await?;
+                found = true;
+            } else {
+                self.abandon(message).await?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_namespace_connection_string() {
+        let c = ServiceBusConfig::from_connection_string(
+            "Endpoint=sb://dev-servicebus-zionet-learning.servicebus.windows.net/;\
+             SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=abc+def/ghi=",
+        )
+        .unwrap();
+        assert_eq!(c.namespace, "dev-servicebus-zionet-learning");
+        assert_eq!(c.policy_name, "RootManageSharedAccessKey");
+        assert_eq!(c.key, "abc+def/ghi=");
+        assert!(
+            !format!("{c:?}").contains("abc+def"),
+            "the key is not printed"
+        );
+        assert!(ServiceBusConfig::from_connection_string("Endpoint=sb://x.example.com/").is_err());
+        assert!(ServiceBusConfig::from_connection_string(
+            "Endpoint=sb://n.servicebus.windows.net/;SharedAccessKeyName=p"
+        )
+        .is_err());
+        assert!(ServiceBusConfig::from_connection_string(
+            "Endpoint=sb://n.servicebus.windows.net/;SharedAccessKeyName=p;SharedAccessKey=k;\
+             EntityPath=engine-queue"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn sas_tokens_sign_the_encoded_resource_and_expiry() {
+        let token = sas_token(
+            "https://n.servicebus.windows.net/q",
+            "policy",
+            "key",
+            1_700_000_000,
+        );
+        let expected_sr = "https%3A%2F%2Fn.servicebus.windows.net%2Fq";
+        assert!(token.starts_with(&format!("SharedAccessSignature sr={expected_sr}&sig=")));
+        assert!(token.ends_with("&se=1700000000&skn=policy"));
+        // A different key signs differently.
+        assert_ne!(
+            token,
+            sas_token(
+                "https://n.servicebus.windows.net/q",
+                "policy",
+                "other",
+                1_700_000_000
+            )
+        );
+    }
+
+    #[test]
+    fn finds_counts_by_local_name_whatever_the_prefix() {
+        let xml = r#"<entry><content type="application/xml"><QueueDescription><MessageCount>7</MessageCount>
+            <CountDetails xmlns:d2p1="http://schemas.microsoft.com/netservices/2011/06/servicebus">
+            <d2p1:ActiveMessageCount>5</d2p1:ActiveMessageCount><d2p1:DeadLetterMessageCount>2</d2p1:DeadLetterMessageCount>
+            </CountDetails></QueueDescription></content></entry>"#;
+        assert_eq!(count_in(xml, "ActiveMessageCount").unwrap(), 5);
+        assert_eq!(count_in(xml, "DeadLetterMessageCount").unwrap(), 2);
+        assert_eq!(count_in(xml, "MessageCount").unwrap(), 7);
+        assert!(count_in(xml, "ScheduledMessageCount").is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! Teachin's messaging: how the roles hand work to each other (DESIGN.md decisions 3 and 4).
+//!
+//! - [`bus`] — one `Bus` trait over the four queues of the cloud architecture, with two real
+//!   backends: PostgreSQL (default) and Azure Service Bus.
+//! - [`consumer`] — the loop that takes messages from a queue and hands each to the handler
+//!   of its action: lock renewal while it runs, idempotency by message id, dead-lettering of
+//!   what no handler can take, graceful shutdown.
+//! - [`relay`] — the outbox relay: integration messages derived from the event log with a
+//!   checkpoint of its own, so a command never writes to the bus directly (no dual write).
+//! - [`ai`] — the AI providers (Azure OpenAI, any OpenAI-compatible endpoint, offline) behind
+//!   one streaming trait, the frame batcher and the versioned prompts.
+//! - [`contracts`] — the messages' actions and payloads, shared by producers and consumers.
+
+pub mod ai;
+pub mod bus;
+pub mod consumer;
+pub mod contracts;
+pub mod relay;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use bus::{Bus, BusConfig, BusError, OutgoingMessage, QueueName, ReceivedMessage};

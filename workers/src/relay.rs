@@ -1,0 +1,331 @@
+//! The outbox relay: integration messages derived from the event log (DESIGN.md decision 3).
+//!
+//! A command only appends events; it never writes to the bus, so there is no dual write to
+//! get half done. The relay follows the global log like a projection — the gap-safe reader
+//! (`teachin_projections::log`) and a checkpoint row of its own, `outbox_relay`, in
+//! `projection_checkpoints` (`teachin_projections::checkpoint`) — and turns the events that
+//! ask another role for work into bus messages:
+//!
+//! | event (aggregate) | queue | action | payload |
+//! |---|---|---|---|
+//! | `AiReplyRequested` (TutorSession), after `StudentMessagePosted` without page context | `engine-queue` | `ProcessingChatMessage` | [`TutorReplyRequest`] with task `chat` |
+//! | the same, with page context (the global tutor) | `engine-queue` | `ProcessingGlobalChatMessage` | task `globalChat` |
+//! | `AiReplyRequested`, after `MistakeExplanationRequested` | `engine-queue` | `ProcessingExplainMistake` | task `explainMistake` with the exercise and attempt |
+//!
+//! The message id is the event's `event_id`, the correlation id the command's.
+//! The domain has no events yet that request sentence, split-sentence or word-explanation
+//! generation; those requests get rows here when it does.
+//!
+//! # Delivery: at-least-once, and no duplicates on the queue
+//!
+//! A batch is read, every message sent, and only then is the checkpoint moved. A crash in
+//! between sends the batch again on restart; the bus accepts each message id once, so the
+//! queue still holds each message once. No transaction is held open while sending (it would
+//! hold every log reader's horizon back). One replica relays at a time, under a session-level
+//! advisory lock, as the realtime feed does.
+//!
+//! An event that does not decode is logged and relayed as nothing, as the feed does: one bad
+//! event must not stop every later request (the read models halt on it and report it).
+
+use crate::bus::{Bus, BusError, OutgoingMessage, QueueName};
+use crate::contracts::{TutorReplyRequest, TutorTask, TUTOR_REQUEST_TTL_SECONDS};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgPool, Postgres};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use teachin_domain::ids::TutorSessionId;
+use teachin_domain::tutor_session::TutorSessionEvent;
+use teachin_projections::checkpoint;
+use teachin_projections::log::{read_after, EventLog, LogPosition, LoggedEvent};
+use tokio::sync::watch;
+
+/// The relay's checkpoint in `public.projection_checkpoints`.
+pub const CHECKPOINT: &str = "outbox_relay";
+
+/// The advisory lock that makes one replica the relay ("outbox_r" in ASCII).
+const LEADER_LOCK: i64 = 0x6f75_7462_6f78_5f72;
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Events read per batch.
+    pub batch_size: i64,
+    /// The first poll interval when the log is idle; it doubles up to `max_poll`.
+    pub min_poll: Duration,
+    pub max_poll: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 500,
+            min_poll: Duration::from_millis(50),
+            max_poll: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("the checkpoint of the outbox relay was moved by someone else")]
+    LostOwnership,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Relayed { messages: usize },
+    CaughtUp,
+    NotLeader,
+}
+
+pub struct OutboxRelay {
+    log: EventLog,
+    bus: Arc<dyn Bus>,
+    config: RelayConfig,
+}
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, bus: Arc<dyn Bus>, config: RelayConfig) -> Self {
+        OutboxRelay {
+            log: EventLog::new(pool),
+            bus,
+            config,
+        }
+    }
+
+    /// Relays everything settled after the checkpoint, batch by batch; returns how many
+    /// messages were sent (0 as well when another replica is the relay).
+    pub async fn relay_pending(&self) -> Result<usize, RelayError> {
+        let mut sent = 0;
+        loop {
+            match self.step(true).await? {
+                Step::Relayed { messages } => sent += messages,
+                Step::CaughtUp | Step::NotLeader => return Ok(sent),
+            }
+        }
+    }
+
+    /// Test hook: relays the next batch and stops as if the process died before it could
+    /// move the checkpoint. Returns how many messages were sent.
+    #[doc(hidden)]
+    pub async fn relay_batch_then_crash(&self) -> Result<usize, RelayError> {
+        Ok(match self.step(false).await? {
+            Step::Relayed { messages } => messages,
+            Step::CaughtUp | Step::NotLeader => 0,
+        })
+    }
+
+    /// Relays until `shutdown` turns true (or its sender goes away): woken by the log's
+    /// NOTIFY, polling with back-off while idle, retrying with back-off after failures.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut listener = match self.log.listen().await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay: cannot LISTEN; polling only");
+                None
+            }
+        };
+        let mut delay = self.config.min_poll;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let busy = match self.step(true).await {
+                Ok(Step::Relayed { .. }) => true,
+                Ok(Step::CaughtUp | Step::NotLeader) => false,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay: batch failed; retrying");
+                    false
+                }
+            };
+            if busy {
+                delay = self.config.min_poll;
+                continue;
+            }
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(delay) => {
+                    delay = (delay * 2).min(self.config.max_poll);
+                }
+                woken = notified(&mut listener) => {
+                    if let Err(error) = woken {
+                        tracing::warn!(%error, "outbox relay: LISTEN connection lost; polling only");
+                        listener = None;
+                    }
+                    delay = self.config.min_poll;
+                }
+            }
+        }
+    }
+
+    async fn step(&self, advance: bool) -> Result<Step, RelayError> {
+        let mut conn = self.log.pool().acquire().await?;
+        checkpoint::ensure(&mut *conn, CHECKPOINT).await?;
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !leader {
+            return Ok(Step::NotLeader);
+        }
+        let outcome = self.step_as_leader(&mut conn, advance).await;
+        release(&mut conn).await;
+        outcome
+    }
+
+    async fn step_as_leader(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        advance: bool,
+    ) -> Result<Step, RelayError> {
+        let from = checkpoint::get(&mut **conn, CHECKPOINT)
+            .await?
+            .map(|c| c.position)
+            .unwrap_or(LogPosition::START);
+        let events = read_after(&mut **conn, from, self.config.batch_size).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(Step::CaughtUp);
+        };
+        let messages = self.messages_for(&events).await?;
+        for (queue, message) in &messages {
+            self.bus.send(*queue, message.clone()).await?;
+        }
+        if advance {
+            let mut tx = conn.begin().await?;
+            let current = checkpoint::lock(&mut tx, CHECKPOINT).await?;
+            if current.position != from {
+                return Err(RelayError::LostOwnership);
+            }
+            checkpoint::advance(&mut tx, CHECKPOINT, last, events.len() as i64).await?;
+            tx.commit().await?;
+        }
+        Ok(Step::Relayed {
+            messages: messages.len(),
+        })
+    }
+
+    /// The messages a batch of events asks for, in log order.
+    pub async fn messages_for(
+        &self,
+        events: &[LoggedEvent],
+    ) -> Result<Vec<(QueueName, OutgoingMessage)>, RelayError> {
+        // The event that says what an AiReplyRequested is for is the one just before it in
+        // its stream (the same command appended both): in the batch, or else in the log.
+        let in_batch: HashMap<(&str, i64), &LoggedEvent> = events
+            .iter()
+            .filter(|e| e.aggregate_type == "TutorSession")
+            .map(|e| ((e.aggregate_id.as_str(), e.sequence), e))
+            .collect();
+        let mut messages = Vec::new();
+        for event in events {
+            if event.aggregate_type != "TutorSession" || event.event_type != "AiReplyRequested" {
+                continue;
+            }
+            let Some(request_id) = decoded(event).and_then(|e| match e {
+                TutorSessionEvent::AiReplyRequested { request_id } => Some(request_id),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let origin = match in_batch.get(&(event.aggregate_id.as_str(), event.sequence - 1)) {
+                Some(origin) => Some((*origin).clone()),
+                None => self
+                    .log
+                    .read_stream("TutorSession", &event.aggregate_id, event.sequence - 2)
+                    .await?
+                    .into_iter()
+                    .find(|e| e.sequence == event.sequence - 1),
+            };
+            let task = match origin.as_ref().and_then(decoded) {
+                Some(TutorSessionEvent::StudentMessagePosted {
+                    request_id: asked,
+                    page_context,
+                    ..
+                }) if asked == request_id => {
+                    if page_context.is_some() {
+                        TutorTask::GlobalChat
+                    } else {
+                        TutorTask::Chat
+                    }
+                }
+                Some(TutorSessionEvent::MistakeExplanationRequested {
+                    request_id: asked,
+                    exercise,
+                    attempt,
+                }) if asked == request_id => TutorTask::ExplainMistake {
+                    exercise_id: exercise,
+                    attempt_id: attempt,
+                },
+                _ => {
+                    tracing::error!(event_id = %event.event_id, session = %event.aggregate_id,
+                        "outbox relay: AiReplyRequested without the event that asked for it; not relayed");
+                    continue;
+                }
+            };
+            let Ok(session_id) = event.aggregate_id.parse::<TutorSessionId>() else {
+                tracing::error!(event_id = %event.event_id, "outbox relay: session id is not a UUID");
+                continue;
+            };
+            let request = TutorReplyRequest {
+                session_id,
+                request_id,
+                task,
+                requested_at: event.recorded_at,
+                ttl_seconds: TUTOR_REQUEST_TTL_SECONDS,
+            };
+            let mut message = OutgoingMessage::new(
+                event.event_id.to_string(),
+                task.action(),
+                serde_json::to_value(&request).expect("a request serializes"),
+            );
+            if let Some(correlation) = event
+                .metadata
+                .get("correlation_id")
+                .and_then(|v| v.as_str())
+            {
+                message = message.with_correlation_id(correlation);
+            }
+            messages.push((QueueName::Engine, message));
+        }
+        Ok(messages)
+    }
+}
+
+/// A tutor-session event decoded to its current type; `None` (logged) if it does not decode.
+fn decoded(event: &LoggedEvent) -> Option<TutorSessionEvent> {
+    match event.decode::<TutorSessionEvent>() {
+        Ok(decoded) => Some(decoded),
+        Err(error) => {
+            tracing::error!(event_id = %event.event_id, %error, "outbox relay: event does not decode; not relayed");
+            None
+        }
+    }
+}
+
+/// Lets go of the leader lock; a connection that cannot is closed, which releases it too.
+async fn release(conn: &mut PoolConnection<Postgres>) {
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LEADER_LOCK)
+        .execute(&mut **conn)
+        .await;
+    if unlocked.is_err() {
+        conn.close_on_drop();
+    }
+}
+
+async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(listener) => listener.recv().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
