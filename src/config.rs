@@ -62,6 +62,9 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// Behind the ingress: the client address comes from `X-Forwarded-For`.
     pub trust_forwarded_for: bool,
+    /// `Azure__SignalR__ConnectionString`: browsers are redirected to Azure SignalR and
+    /// pushes go through its REST API; `None` serves the hub from the manager itself.
+    pub azure_signalr: Option<teachin_api::hub::AzureSignalR>,
     /// Sign-in and refresh attempts allowed per client address.
     pub login_budget: teachin_api::auth::rate_limit::Budget,
     pub refresh_budget: teachin_api::auth::rate_limit::Budget,
@@ -212,6 +215,13 @@ impl<'a> SettingsSource<'a> {
             teachin_api::auth::rate_limit::Budget::per_minute(5),
             "attempts per window, e.g. 5/60s",
         )?;
+        let azure_signalr = match self.first(&["Azure__SignalR__ConnectionString"]) {
+            Some((name, raw)) => Some(
+                teachin_api::hub::AzureSignalR::from_connection_string(&raw)
+                    .map_err(|e| ConfigError::new(&name, e.to_string()))?,
+            ),
+            None => None,
+        };
         let trust_forwarded_for: bool =
             self.parsed("TEACHIN_TRUST_FORWARDED_FOR", !local, "true or false")?;
 
@@ -293,6 +303,7 @@ impl<'a> SettingsSource<'a> {
             trust_forwarded_for,
             login_budget,
             refresh_budget,
+            azure_signalr,
             bus: self.bus()?,
         })
     }

@@ -78,7 +78,14 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr} for the {}", role.name()))?;
         let app = match role {
             Role::Manager => {
-                let (app, fanout) = manager(settings, pool.clone()).await?;
+                let (app, fanout, hub) = manager(settings, pool.clone()).await?;
+                servers.spawn({
+                    let (url, stop) = (settings.redis_url.clone(), stop_rx.clone());
+                    async move {
+                        teachin_api::hub::run_feed(hub, &url, stop).await;
+                        Ok(())
+                    }
+                });
                 servers.spawn({
                     let (url, ns, stop) = (
                         settings.redis_url.clone(),
@@ -160,7 +167,11 @@ pub async fn redis(settings: &Settings) -> anyhow::Result<fred::prelude::Client>
 async fn manager(
     settings: &Settings,
     pool: PgPool,
-) -> anyhow::Result<(axum::Router, teachin_api::graphql::realtime::FeedFanout)> {
+) -> anyhow::Result<(
+    axum::Router,
+    teachin_api::graphql::realtime::FeedFanout,
+    teachin_api::hub::NotificationHub,
+)> {
     use teachin_api::auth::{
         rate_limit::RateLimiter, sessions::RefreshSessions, tokens::AccessTokens,
     };
@@ -173,6 +184,14 @@ async fn manager(
     )
     .context("JWT_SECRET")?;
     let local = settings.environment == crate::config::Environment::Local;
+    let read = teachin_projections::queries::ReadModels::new(pool.clone());
+    let hub = teachin_api::hub::NotificationHub::new(
+        tokens.clone(),
+        redis.clone(),
+        teachin_api::hub::HubConfig::new(&settings.namespace),
+        settings.azure_signalr.clone(),
+    );
+    hub.set_display_names(read.clone());
     let state = ApiState {
         bus: teachin_commands::command_bus(
             pool.clone(),
@@ -181,7 +200,7 @@ async fn manager(
             },
             teachin_commands::BusSettings::default(),
         ),
-        read: teachin_projections::queries::ReadModels::new(pool.clone()),
+        read,
         replay: teachin_projections::replay::SessionReplay::new(pool.clone()),
         analytics: teachin_projections::analytics::Analytics::new(pool.clone()),
         tokens,
@@ -202,6 +221,7 @@ async fn manager(
             refresh_budget: settings.refresh_budget,
             ..SessionPolicy::default()
         },
+        hub: Some(hub.clone()),
         redis_url: settings.redis_url.clone(),
         namespace: settings.namespace.clone(),
     };
@@ -214,7 +234,10 @@ async fn manager(
     let app = teachin_api::server::router(
         state,
         fanout.clone(),
-        teachin_api::metrics::ApiMetrics::default(),
+        teachin_api::metrics::ApiMetrics::default().with_connections({
+            let hub = hub.clone();
+            move || hub.connections()
+        }),
         options,
     )
     .merge(teachin_api::health::router(
@@ -222,7 +245,7 @@ async fn manager(
         pool,
         Some(redis.clone()),
     ));
-    Ok((app, fanout))
+    Ok((app, fanout, hub))
 }
 
 /// Runs the realtime feed publisher, reconnecting to Redis until shutdown. Projections do not

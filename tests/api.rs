@@ -565,6 +565,7 @@ async fn authorization_matrix_every_operation_against_every_kind_of_caller() {
         ("studentsOf", "query($t: UUID!) { studentsOf(teacherId: $t) { totalCount } }", &["teacher", "admin"]),
         ("teachersOf", "query($s: UUID!) { teachersOf(studentId: $s) { userId } }", SELF_TEACHER_ADMIN),
         ("recipients", "query { recipients(name: \"Sh\") { userId } }", TEACHERS_ADMIN),
+        ("onlineUsers", "query { onlineUsers { userId connections } }", ADMIN),
         ("classes", "query { classes { classId } }", ADMIN),
         ("classesOf", "query($s: UUID!) { classesOf(userId: $s) { classId } }", SELF_ADMIN),
         ("class", "query($c: UUID!) { class(id: $c) { classId } }", SELF_TEACHER_ADMIN),
@@ -1077,4 +1078,87 @@ async fn subscriptions_carry_the_feed_and_paced_replays_over_graphql_ws() {
         push["payload"]["data"]["notifications"]["method"], "NotificationMessage",
         "{push}"
     );
+}
+
+/// The stock `@microsoft/signalr` client (tests/signalr/client.mjs), connected as `token`:
+/// yields one JSON event per line (`connected`, `message`, `closed`...).
+async fn signalr_client(
+    app: &RunningApp,
+    token: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signalr");
+    assert!(
+        dir.join("node_modules/@microsoft/signalr").is_dir(),
+        "run `npm ci --prefix tests/signalr` first (./dev test does)"
+    );
+    let mut child = tokio::process::Command::new("node")
+        .arg("client.mjs")
+        .current_dir(&dir)
+        .env("HUB_URL", format!("{}/hubs/notifications", app.manager))
+        .env("HUB_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+async fn next_event(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("an event within a minute")
+        .unwrap()
+        .expect("the client is running");
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test]
+async fn the_stock_signalr_client_receives_a_push_caused_by_a_mutation() {
+    let app = RunningApp::start().await;
+    let cast = Cast::assemble(&app).await;
+    let (_child, mut events) = signalr_client(&app, cast.student.token.as_deref().unwrap()).await;
+    let connected = next_event(&mut events).await;
+    assert_eq!(connected["event"], "connected", "{connected}");
+
+    // Admins see the student online (presence from the hub, across replicas via Redis).
+    let online = eventually("the student online", || async {
+        let r = cast
+            .admin
+            .gql("{ onlineUsers { userId role connections } }", json!({}))
+            .await;
+        r["data"]["onlineUsers"].as_array().and_then(|users| {
+            users
+                .iter()
+                .find(|u| u["userId"] == cast.student.id())
+                .cloned()
+        })
+    })
+    .await;
+    assert_eq!(online["connections"], 1, "{online}");
+
+    // Another teacher assigns the student: the event reaches the log, the accessor's feed,
+    // Redis, this replica's hub, and the browser — as `NotificationMessage`.
+    let r = cast
+        .other_teacher
+        .gql(
+            "mutation($t: UUID!, $s: UUID!) { assignStudent(teacherId: $t, studentId: $s) { id } }",
+            json!({ "t": cast.other_teacher.id(), "s": cast.student.id() }),
+        )
+        .await;
+    assert!(code(&r).is_none(), "{r}");
+    let push = loop {
+        let e = next_event(&mut events).await;
+        if e["event"] == "message" && e["method"] == "NotificationMessage" {
+            break e;
+        }
+    };
+    assert!(push["args"][0].is_object(), "{push}");
 }

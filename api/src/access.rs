@@ -100,6 +100,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("studentsOf", Rule::SelfOrAdmin),
     ("teachersOf", Rule::SelfTeacherOrAdmin),
     ("recipients", Rule::TeacherOrAdmin),
+    ("onlineUsers", Rule::Admin),
     // Queries: classes.
     ("classes", Rule::Admin),
     ("classesOf", Rule::SelfOrAdmin),

@@ -40,6 +40,8 @@ pub struct ApiMetrics {
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     conflicts: Counter,
     connections: Gauge,
+    /// Read at scrape time: the hub's count of connected clients.
+    connections_source: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +95,7 @@ impl Default for ApiMetrics {
             latency,
             conflicts,
             connections,
+            connections_source: None,
         }
     }
 }
@@ -116,11 +119,16 @@ impl ApiMetrics {
         }
     }
 
-    pub fn set_connections(&self, n: i64) {
-        self.connections.set(n);
+    /// Reports `count()` as the connected-clients gauge at every scrape.
+    pub fn with_connections(mut self, count: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        self.connections_source = Some(Arc::new(count));
+        self
     }
 
     fn render(&self) -> String {
+        if let Some(count) = &self.connections_source {
+            self.connections.set(count() as i64);
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         // The projection figures follow; drop the terminating `# EOF` of OpenMetrics.

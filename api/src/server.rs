@@ -1,5 +1,6 @@
 //! The manager's HTTP surface put together: `/graphql` (POST queries and mutations, GET the
-//! GraphiQL IDE in local mode, WebSocket subscriptions on `/graphql/ws`), health, metrics,
+//! GraphiQL IDE in local mode, WebSocket subscriptions on `/graphql/ws`), the SignalR hub
+//! (`/hubs/notifications`), metrics,
 //! and the cross-cutting layers — request ids, JSON access logs, CORS from configuration,
 //! a body size limit, and a panic guard that answers `INTERNAL` instead of dropping the
 //! connection.
@@ -88,10 +89,15 @@ pub fn router(
             header::HeaderName::from_static("x-request-id"),
         ])
         .allow_credentials(true);
+    let hub = match &state.hub {
+        Some(hub) => crate::hub::router(hub.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/graphql", get(graphiql).post(graphql))
         .route("/graphql/ws", get(subscriptions))
         .with_state(manager)
+        .merge(hub)
         .merge(crate::metrics::router_with(state.bus.pool().clone(), Some(metrics)))
         .layer(cors)
         .layer(CatchPanicLayer::custom(panic_response))

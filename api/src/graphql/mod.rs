@@ -48,6 +48,8 @@ pub struct ApiState {
     /// Finds the account of an email address at sign-in.
     pub claims: std::sync::Arc<teachin_commands::ports::PostgresClaims>,
     pub policy: SessionPolicy,
+    /// The SignalR hub of this replica (online presence); `None` where no hub runs.
+    pub hub: Option<crate::hub::NotificationHub>,
     /// Where the realtime feed comes from (for subscriptions).
     pub redis_url: String,
     pub namespace: String,

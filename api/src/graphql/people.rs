@@ -39,6 +39,15 @@ pub(crate) async fn load_user(ctx: &Context<'_>, id: Uuid) -> ApiResult<Option<U
         .map_err(|e| ApiError::internal(format!("loading users: {e}")))
 }
 
+/// Someone connected to the hub, with how many connections (tabs, devices) they have.
+#[derive(async_graphql::SimpleObject)]
+pub struct OnlineUserView {
+    pub user_id: Uuid,
+    pub role: Role,
+    pub name: Option<String>,
+    pub connections: i32,
+}
+
 #[derive(Default)]
 pub struct PeopleQuery;
 
@@ -91,6 +100,24 @@ impl PeopleQuery {
     async fn teachers_of(&self, ctx: &Context<'_>, student_id: Uuid) -> ApiResult<Vec<UserView>> {
         authorize(ctx, "teachersOf", Subject::Person(UserId(student_id))).await?;
         Ok(state(ctx).read.teachers_of(student_id).await?)
+    }
+
+    /// Who is connected to the realtime hub right now, across replicas (admins).
+    async fn online_users(&self, ctx: &Context<'_>) -> ApiResult<Vec<OnlineUserView>> {
+        authorize(ctx, "onlineUsers", Subject::Caller).await?;
+        let Some(hub) = &state(ctx).hub else {
+            return Ok(Vec::new());
+        };
+        let online = hub.online_users().await.map_err(ApiError::internal)?;
+        Ok(online
+            .into_iter()
+            .map(|u| OnlineUserView {
+                user_id: u.user_id.0,
+                role: u.role,
+                name: u.name,
+                connections: u.connections as i32,
+            })
+            .collect())
     }
 
     /// People whose name matches, to address an email to (teachers and admins).
