@@ -173,6 +173,11 @@ pub(crate) fn command_context(
 ) -> ApiResult<CommandContext> {
     let info = request(ctx);
     let mut command = CommandContext::new(caller.actor(), format!("request:{}", info.request_id));
+    // The request id (a UUID unless the client chose its own) ties the events of one
+    // request, and what follows from them, to its log lines.
+    if let Ok(id) = Uuid::parse_str(&info.request_id) {
+        command = command.with_correlation_id(id);
+    }
     if let Some(key) = idempotency_key {
         let key = key.trim();
         if key.is_empty() || key.len() > 128 {
