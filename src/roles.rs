@@ -101,7 +101,15 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
             }
             Role::Accessor => teachin_api::health::router(role.name(), pool.clone(), None)
                 .merge(teachin_api::metrics::router(pool.clone())),
-            Role::Engine => teachin_api::health::router(role.name(), pool.clone(), None),
+            Role::Engine => teachin_api::health::router(role.name(), pool.clone(), None).merge(
+                teachin_api::metrics::router_with(
+                    pool.clone(),
+                    Some(
+                        teachin_api::metrics::ApiMetrics::default()
+                            .with_extra(queue_metrics(settings, pool.clone())?),
+                    ),
+                ),
+            ),
         };
         tracing::info!(role = role.name(), %addr, "listening");
         let mut stop = stop_rx.clone();
@@ -234,10 +242,12 @@ async fn manager(
     let app = teachin_api::server::router(
         state,
         fanout.clone(),
-        teachin_api::metrics::ApiMetrics::default().with_connections({
-            let hub = hub.clone();
-            move || hub.connections()
-        }),
+        teachin_api::metrics::ApiMetrics::default()
+            .with_connections({
+                let hub = hub.clone();
+                move || hub.connections()
+            })
+            .with_extra(queue_metrics(settings, pool.clone())?),
         options,
     )
     .merge(teachin_api::health::router(
@@ -246,6 +256,18 @@ async fn manager(
         Some(redis.clone()),
     ));
     Ok((app, fanout, hub))
+}
+
+/// The queue gauges for `/metrics`, read from the configured bus at each scrape.
+fn queue_metrics(
+    settings: &Settings,
+    pool: PgPool,
+) -> anyhow::Result<teachin_api::metrics::ExtraMetrics> {
+    let bus = teachin_workers::bus::connect(&settings.bus, pool).context("the message bus")?;
+    Ok(std::sync::Arc::new(move || {
+        let bus = bus.clone();
+        Box::pin(async move { teachin_workers::bus::metrics::render(bus.as_ref()).await })
+    }))
 }
 
 /// Runs the realtime feed publisher, reconnecting to Redis until shutdown. Projections do not

@@ -42,7 +42,12 @@ pub struct ApiMetrics {
     connections: Gauge,
     /// Read at scrape time: the hub's count of connected clients.
     connections_source: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
+    /// More figures rendered at scrape time by the role (the queues').
+    extra: Option<ExtraMetrics>,
 }
+
+/// Renders more Prometheus text at scrape time.
+pub type ExtraMetrics = Arc<dyn Fn() -> futures::future::BoxFuture<'static, String> + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -96,6 +101,7 @@ impl Default for ApiMetrics {
             conflicts,
             connections,
             connections_source: None,
+            extra: None,
         }
     }
 }
@@ -125,19 +131,32 @@ impl ApiMetrics {
         self
     }
 
-    fn render(&self) -> String {
+    /// Adds the figures `render` produces at every scrape.
+    pub fn with_extra(mut self, render: ExtraMetrics) -> Self {
+        self.extra = Some(render);
+        self
+    }
+
+    async fn render(&self) -> String {
         if let Some(count) = &self.connections_source {
             self.connections.set(count() as i64);
         }
+        let extra = match &self.extra {
+            Some(render) => render().await,
+            None => String::new(),
+        };
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         // The projection figures follow; drop the terminating `# EOF` of OpenMetrics.
-        out.trim_end().trim_end_matches("# EOF").to_string()
+        format!("{}{extra}", out.trim_end().trim_end_matches("# EOF"))
     }
 }
 
 async fn metrics(State((pool, api)): State<(PgPool, Option<ApiMetrics>)>) -> impl IntoResponse {
-    let own = api.map(|m| m.render()).unwrap_or_default();
+    let own = match api {
+        Some(m) => m.render().await,
+        None => String::new(),
+    };
     match render(&pool)
         .await
         .map(|projections| format!("{own}{projections}"))

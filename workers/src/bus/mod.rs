@@ -15,6 +15,7 @@
 //! by message id (Service Bus duplicate detection; a table of accepted ids in PostgreSQL),
 //! which is what lets the outbox relay resend after a crash without duplicating anything.
 
+pub mod metrics;
 pub mod postgres;
 pub mod servicebus;
 
