@@ -3,8 +3,8 @@
 //! runs its workers until SIGINT/SIGTERM:
 //! - manager: the GraphQL API (`teachin_api::server`), with refresh sessions and rate limits
 //!   in Redis and subscriptions fed from the realtime feed.
-//! - accessor: the projection daemon (every read model follows the log) and the realtime
-//!   feed publisher (log → Redis pub/sub).
+//! - accessor: the projection daemon (every read model follows the log), the realtime feed
+//!   publisher (log → Redis pub/sub) and the outbox relay (log → bus).
 //!
 //! `teachin all` runs the three in one process over one pool.
 
@@ -135,6 +135,21 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
         servers.spawn(async move {
             daemon.run(stop).await;
             Ok(())
+        });
+        // The outbox relay: integration messages derived from the log (one replica at a
+        // time, under its advisory lock), e.g. each AI reply request → `engine-queue`.
+        let relay = teachin_workers::relay::OutboxRelay::new(
+            pool.clone(),
+            teachin_workers::bus::connect(&settings.bus, pool.clone())
+                .context("the message bus")?,
+            teachin_workers::relay::RelayConfig::default(),
+        );
+        servers.spawn({
+            let stop = stop_rx.clone();
+            async move {
+                relay.run(stop).await;
+                Ok(())
+            }
         });
         servers.spawn(publish_feed(
             pool.clone(),

@@ -841,6 +841,18 @@ async fn each_feature_area_through_graphql() {
         "{r}"
     );
 
+    // The accessor's outbox relay turned both AI requests (the message, the explanation)
+    // into engine-queue messages named by their events.
+    eventually("the AI requests on the engine queue", || async {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM bus_message_ids WHERE queue = 'engine-queue'")
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        (sent == 2).then_some(())
+    })
+    .await;
+
     // Analytics for admins, and the user list with cursor paging.
     let today = chrono::Utc::now().date_naive().to_string();
     let r = admin
