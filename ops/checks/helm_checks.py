@@ -17,8 +17,9 @@ import helm_python as hp
 import yaml
 from kubernetes_validate import utils as kv
 
+import code_contract as code
 import crd
-from common import CHART, KUBERNETES_VERSION, NAMESPACES, OUT, VALUES_FILES, Report
+from common import CHART, KUBERNETES_VERSION, NAMESPACES, OUT, VALUES_FILES, Report, rel
 
 RELEASE = "teachin"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
@@ -299,14 +300,11 @@ def check_policies(report: Report, rendered: dict[str, list[tuple[Path, dict]]])
                     continue
                 tpath, dep = deployments[name]
                 c = dep["spec"]["template"]["spec"]["containers"][0]
-                env = {e["name"]: e for e in c.get("env", [])}
-                for required in ("TEACHIN_ENV", "ConnectionStrings__Postgres", "TEACHIN_LOOKUP_HASH_KEY", "ConnectionStrings__Redis", "TEACHIN_REDIS_DB"):
-                    if required not in env:
-                        fail(tpath, f"Deployment/{name}: env {required} is missing (src/config.rs needs it outside local)")
-                if env.get("TEACHIN_REDIS_DB", {}).get("value") != str(merged["redis"]["databaseIndex"]):
-                    fail(tpath, f"Deployment/{name}: TEACHIN_REDIS_DB must be redis.databaseIndex")
                 if c.get("args") != [role]:
                     fail(tpath, f"Deployment/{name}: must run `teachin {role}`")
+            check_binary_contract(merged, pods, fail)
+            check_ingress_routes(merged, by_kind, fail)
+            check_keda_queries(merged, by_kind, fail)
             hooks = [o for _, o in by_kind.get("Job", []) if o["spec"]["template"]["spec"]["containers"][0].get("args") == ["migrate"]]
             if merged["migrations"]["enabled"] and not any("pre-upgrade" in o["metadata"].get("annotations", {}).get("helm.sh/hook", "") for o in hooks):
                 fail(CHART / "templates/migration-job.yaml", "the `teachin migrate` Job must be a pre-upgrade Helm hook")
@@ -320,7 +318,137 @@ def check_policies(report: Report, rendered: dict[str, list[tuple[Path, dict]]])
             if not any(o["kind"] == "StatefulSet" for _, o in objects):
                 fail(CHART / "templates/redis.yaml", "a Redis-only release renders no StatefulSet")
         if len(report.failures) == before:
-            report.ok("chart-policy", f"{vf}: references, selectors, autoscalers, security and cron rules hold")
+            report.ok("chart-policy", f"{vf}: references, selectors, autoscalers, security, cron rules and the binary's settings, commands, routes and SQL hold")
+
+
+# ----------------------------------------------------------------------------- the binary
+
+
+def _secret_envs(merged: dict) -> set[str]:
+    return {d["env"] for g in merged["externalSecrets"]["secrets"] for d in g["data"]}
+
+
+def check_binary_contract(merged: dict, pods: dict, fail) -> None:
+    """Every workload running the teachin image gets what src/config.rs requires outside a local
+    environment, under the names it reads; runs a command src/cli.rs defines; and sets no
+    setting-like name that no code reads unless ops/README.md lists it as coming."""
+    required = code.required_settings()
+    if not required:
+        fail(code.CONFIG_RS, "found no required settings in src/config.rs (self.secret(&[..]) or "
+             "ConfigError::new(\"NAME\", \"must be set ...\")): update ops/checks/code_contract.py with it")
+        return
+    from_secrets = _secret_envs(merged)
+    pending = code.pending_names()
+    read_somewhere = code.code_string_literals()
+    image = merged["image"]["repository"]
+    for ident, (tpath, obj, pod) in pods.items():
+        for c in pod.get("containers", []):
+            if not c.get("image", "").startswith(image):
+                continue
+            cid = f"{ident} container {c['name']}"
+            error = code.command_error([str(a) for a in c.get("args", [])])
+            if error:
+                fail(tpath, f"{cid}: {error}")
+            env = {e["name"]: e for e in c.get("env", [])}
+            if env.get("TEACHIN_ENV", {}).get("value") != merged["global"]["environment"]:
+                fail(CHART / "templates/_helpers.tpl", f"{cid}: TEACHIN_ENV must be global.environment "
+                     "(without it src/config.rs runs with local defaults and well-known keys)")
+            for group, condition in required:
+                if condition and env.get(condition[0], {}).get("value") != condition[1]:
+                    continue
+                if not any(n in env for n in group):
+                    where = CHART / "values.yaml" if set(group) & from_secrets else CHART / "templates/_helpers.tpl"
+                    when = f" when {condition[0]}={condition[1]}" if condition else " outside a local environment"
+                    fail(where, f"{cid}: env {' or '.join(group)} is missing: src/config.rs refuses to start without it{when} "
+                         "(grant it in externalSecrets.secrets[].data[].roles)")
+            if not any(n in env for n in ("REDIS_URL", "ConnectionStrings__Redis")):
+                fail(CHART / "templates/_helpers.tpl", f"{cid}: env REDIS_URL or ConnectionStrings__Redis is missing")
+            if env.get("TEACHIN_REDIS_DB", {}).get("value") != str(merged["redis"]["databaseIndex"]):
+                fail(CHART / "templates/_helpers.tpl", f"{cid}: TEACHIN_REDIS_DB must be redis.databaseIndex")
+            for name in env:
+                if name in code.config_names() or name in read_somewhere or name in pending or name == "REDIS_PASSWORD":
+                    continue
+                where = CHART / "values.yaml" if name in from_secrets else CHART / "templates/_helpers.tpl"
+                fail(where, f"{cid}: sets {name}, which neither src/config.rs nor any Rust source reads "
+                     f"(a misspelling? If the code reading it is on its way, list it in {rel(code.README)} "
+                     "under \"Names the engine will read\")")
+
+
+def _served_route(path: dict, prefix: str) -> tuple[str | None, bool]:
+    """The manager path an Ingress path serves, and whether it also serves everything below."""
+    p, kind = path["path"], path.get("pathType")
+    if prefix:
+        m = re.fullmatch(re.escape(prefix) + r"/\((.*)\)\$", p)
+        if not m:
+            return None, False
+        return "/" + m[1].replace("\\", ""), False
+    return p, kind == "Prefix"
+
+
+def check_ingress_routes(merged: dict, by_kind: dict, fail) -> None:
+    """The manager's public routes (api/src) are exactly what the Ingresses expose; WebSocket
+    routes go straight to the manager's Service with hour-long timeouts."""
+    if not merged["ingress"]["enabled"]:
+        return
+    routes = code.public_routes()
+    if not routes:
+        fail(code.SERVER_RS, "found no .route(...) in the manager's routers: update ops/checks/code_contract.py")
+        return
+    manager = f"{RELEASE}-manager"
+    prefix = merged["ingress"]["pathPrefix"]
+    served: dict[str, tuple] = {}
+    for tpath, ing in by_kind.get("Ingress", []):
+        ann = ing["metadata"].get("annotations", {})
+        for rule in ing["spec"].get("rules", []):
+            for p in rule.get("http", {}).get("paths", []):
+                route, below = _served_route(p, prefix)
+                if route is None:
+                    fail(tpath, f"Ingress/{ing['metadata']['name']}: path {p['path']!r} is not {prefix}/(<route>)$")
+                    continue
+                for internal in code.INTERNAL_ROUTES:
+                    if internal == route or (below and internal.startswith(route.rstrip("/") + "/")) or (below and route == "/"):
+                        fail(tpath, f"Ingress/{ing['metadata']['name']}: exposes {internal}, which must stay inside the cluster")
+                if route not in routes and not below:
+                    fail(CHART / "values.yaml", f"ingress.routes: {route} is not a route of the manager ({', '.join(sorted(routes))})")
+                served[route] = (tpath, ing, p, ann)
+    for route, websocket in sorted(routes.items()):
+        listed = route in merged["ingress"]["routes"]["websockets" if websocket else "requests"]
+        if route not in served or not listed:
+            kind = "websockets" if websocket else "requests"
+            fail(CHART / "values.yaml", f"ingress.routes.{kind} must list {route} (a {'WebSocket' if websocket else 'plain'} route of the manager, {rel(code.SERVER_RS if 'hubs' not in route else code.HUB_RS)})")
+            continue
+        tpath, ing, p, ann = served[route]
+        if not websocket:
+            continue
+        backend = p["backend"]["service"]["name"]
+        if backend != manager:
+            fail(tpath, f"Ingress/{ing['metadata']['name']}: WebSocket route {route} goes to {backend!r}; it must go to Service {manager!r} "
+                 "(KEDA's HTTP interceptor cannot proxy WebSockets)")
+        for a in ("proxy-read-timeout", "proxy-send-timeout"):
+            value = ann.get(f"nginx.ingress.kubernetes.io/{a}", "60")
+            if not str(value).isdigit() or int(value) < 3600:
+                fail(tpath, f"Ingress/{ing['metadata']['name']}: WebSocket route {route} needs {a} of at least 3600 s, has {value}")
+
+
+def check_keda_queries(merged: dict, by_kind: dict, fail) -> None:
+    """The SQL KEDA runs names tables and columns the migrations create; the queues it
+    watches are the bus's."""
+    if not code.tables():
+        fail(code.MIGRATIONS, "found no CREATE TABLE in commands/migrations: update ops/checks/code_contract.py")
+        return
+    queues = code.queue_names()
+    if set(merged["bus"]["queues"].values()) != set(queues):
+        fail(CHART / "values.yaml", f"bus.queues {sorted(merged['bus']['queues'].values())} are not the bus's queues "
+             f"{sorted(queues)} ({rel(code.BUS_RS)})")
+    for tpath, so in by_kind.get("ScaledObject", []):
+        for trig in so["spec"]["triggers"]:
+            if trig["type"] != "postgresql":
+                continue
+            is_depth = trig.get("name") in queues
+            where = CHART / "values.yaml" if is_depth else tpath
+            what = "bus.postgres.depthQuery" if is_depth else f"trigger {trig.get('name')}"
+            for problem in code.sql_problems(trig["metadata"].get("query", "")):
+                fail(where, f"ScaledObject/{so['metadata']['name']}: {what}: {problem}")
 
 
 def _merged_values(overrides: dict) -> dict:

@@ -12,7 +12,10 @@ module under ops/terraform:
 - `count` is decidable from variables alone (Terraform needs it at plan time), and each
   use_shared_* flag really switches resources: flipping it removes a managed resource and
   adds a data source of the same type (the shared environment's), in the root or inside a
-  module, evaluated through module inputs.
+  module, evaluated through module inputs;
+- the Service Bus queues are the bus's (workers/src/bus/mod.rs), with duplicate detection
+  (the outbox relay resends under the same message ids) and without sessions (the REST client
+  cannot receive by session).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hcl2  # noqa: E402  (python-hcl2 v8, from ops/.venv/hcl)
 from hcl2 import SerializationOptions  # noqa: E402
 
-from common import KUBERNETES_VERSION, TERRAFORM, Report, StopCheck  # noqa: E402
+import code_contract as code  # noqa: E402
+from common import KUBERNETES_VERSION, TERRAFORM, Report, StopCheck, rel  # noqa: E402
 
 OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
 META_ARGS = {"source", "count", "for_each", "providers", "depends_on", "version"}
@@ -468,6 +472,36 @@ def check_flags(root: Module, modules_by_source, tfvars: dict[str, dict], report
         report.ok("terraform-flags", f"{name}: {managed} resource blocks instantiated, {data} data sources")
 
 
+def check_bus_queues(modules_by_source, report: Report) -> None:
+    """The queues Terraform makes are the ones the binary's servicebus backend uses, as it uses
+    them: idempotent sends need duplicate detection; the REST client's plain peek-lock is refused
+    by a session-enabled queue."""
+    d = TERRAFORM / "modules" / "servicebus"
+    mod = modules_by_source.get(d.resolve())
+    queues = [(body, f) for (rtype, _), (body, f) in (mod.resources.items() if mod else []) if rtype == "azurerm_servicebus_queue"]
+    if not queues:
+        report.fail("terraform-bus", d / "main.tf", "declares no azurerm_servicebus_queue")
+        return
+    before = len(report.failures)
+    wanted = code.queue_names()
+    declared = set(re.findall(r'"([a-z0-9-]+-queue)"', "\n".join(f.read_text() for f in sorted(d.glob("*.tf")))))
+    if not wanted:
+        report.fail("terraform-bus", code.BUS_RS, "found no QueueName => \"name\" in the bus: update ops/checks/code_contract.py")
+    elif declared != set(wanted):
+        report.fail("terraform-bus", d / "main.tf", f"queues {sorted(declared)} are not the bus's {sorted(wanted)} ({rel(code.BUS_RS)})")
+    for body, f in queues:
+        if body.get("requires_duplicate_detection") is not True:
+            report.fail("terraform-bus", f, "azurerm_servicebus_queue needs requires_duplicate_detection = true: the outbox relay resends "
+                        "with the same message ids after a crash and relies on the broker to drop them")
+        if not body.get("duplicate_detection_history_window"):
+            report.fail("terraform-bus", f, "azurerm_servicebus_queue needs a duplicate_detection_history_window")
+        if body.get("requires_session") is not False:
+            report.fail("terraform-bus", f, "azurerm_servicebus_queue needs requires_session = false: the binary's REST client cannot "
+                        "receive by session, so a session-enabled queue could never be read")
+    if len(report.failures) == before:
+        report.ok("terraform-bus", f"{len(wanted)} Service Bus queues as the bus uses them: duplicate detection, no sessions")
+
+
 def run(report: Report) -> None:
     dirs = [TERRAFORM] + sorted(p for p in (TERRAFORM / "modules").iterdir() if p.is_dir())
     modules_by_source = {d.resolve(): Module(d, report) for d in dirs}
@@ -482,6 +516,7 @@ def run(report: Report) -> None:
             report.fail("terraform-wiring", d / "main.tf", f"module {d.name} is never called from the root")
     tfvars = check_tfvars(root, report)
     check_flags(root, modules_by_source, tfvars, report)
+    check_bus_queues(modules_by_source, report)
     report.ok("terraform", f"{len(dirs)} directories parsed; references, inputs and tfvars checked")
 
 

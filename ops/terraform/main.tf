@@ -139,18 +139,22 @@ module "postgresql" {
 
 # ---------------------------------------------------------------- per-environment services
 
+# Lock span and delivery budget: the chart's bus.postgres.lockSeconds / maxDeliveryCount mirror
+# them for the PostgreSQL backend. Resent message ids are dropped for as long as the original
+# may still be waiting (the TTL).
 module "servicebus" {
   source = "./modules/servicebus"
 
-  name                    = module.naming.servicebus_namespace_name
-  location                = var.location
-  resource_group_name     = azurerm_resource_group.env.name
-  sku                     = var.servicebus_sku
-  premium_messaging_units = 1
-  max_delivery_count      = var.servicebus_max_delivery_count
-  lock_duration           = "PT1M"
-  message_ttl             = "P1D"
-  tags                    = local.tags
+  name                               = module.naming.servicebus_namespace_name
+  location                           = var.location
+  resource_group_name                = azurerm_resource_group.env.name
+  sku                                = var.servicebus_sku
+  premium_messaging_units            = 1
+  max_delivery_count                 = var.servicebus_max_delivery_count
+  lock_duration                      = "PT1M"
+  message_ttl                        = "P1D"
+  duplicate_detection_history_window = "P1D"
+  tags                               = local.tags
 }
 
 module "signalr" {

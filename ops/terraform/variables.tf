@@ -238,7 +238,7 @@ variable "postgres_backup_retention_days" {
 }
 
 variable "servicebus_sku" {
-  description = "Service Bus tier: Standard or Premium (Basic lacks sessions)."
+  description = "Service Bus tier: Standard or Premium (Basic lacks duplicate detection)."
   type        = string
   default     = "Standard"
 

@@ -80,13 +80,18 @@ app.kubernetes.io/component: {{ .component }}
 {{/*
 The environment of one workload ("manager", "accessor", "engine" or "jobs"): the plain
 settings, then every Key Vault value granted to that workload, then Redis. Names are the ones
-src/config.rs and the cloud architecture's "Environment Variables" list use.
+src/config.rs reads (ops/check parses it: what it requires outside a local environment must
+reach every workload, and a TEACHIN_* name it does not read is a typo), plus the names the
+cloud architecture's "Environment Variables" list gives the code being written.
 */}}
 {{- define "teachin.env" -}}
 {{- $root := .root -}}
 {{- $workload := .workload -}}
 {{- $v := $root.Values -}}
 - name: TEACHIN_ENV
+  value: {{ $v.global.environment | quote }}
+{{- /* Prefix of this environment's keys and channels on the shared Redis. */}}
+- name: TEACHIN_NAMESPACE
   value: {{ $v.global.environment | quote }}
 - name: TEACHIN_LOG_FORMAT
   value: {{ $v.config.logFormat | quote }}
@@ -96,6 +101,12 @@ src/config.rs and the cloud architecture's "Environment Variables" list use.
   value: {{ $v.config.dbMaxConnections | quote }}
 - name: TEACHIN_BUS
   value: {{ $v.bus.backend | quote }}
+{{- if eq $v.bus.backend "postgres" }}
+- name: TEACHIN_BUS_LOCK_SECONDS
+  value: {{ $v.bus.postgres.lockSeconds | quote }}
+- name: TEACHIN_BUS_MAX_DELIVERY_COUNT
+  value: {{ $v.bus.postgres.maxDeliveryCount | quote }}
+{{- end }}
 - name: TEACHIN_REDIS_DB
   value: {{ $v.redis.databaseIndex | quote }}
 {{- if ne $workload "jobs" }}
@@ -105,6 +116,20 @@ src/config.rs and the cloud architecture's "Environment Variables" list use.
 {{- if eq $workload "manager" }}
 - name: TEACHIN_CORS_ORIGINS
   value: {{ join "," $v.config.corsOrigins | quote }}
+- name: TEACHIN_TRUST_FORWARDED_FOR
+  value: {{ $v.config.trustForwardedFor | quote }}
+- name: JWT_ISSUER
+  value: {{ $v.config.jwt.issuer | quote }}
+- name: JWT_AUDIENCE
+  value: {{ $v.config.jwt.audience | quote }}
+{{- with $v.config.rateLimits.login }}
+- name: TEACHIN_LOGIN_RATE_LIMIT
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.config.rateLimits.refresh }}
+- name: TEACHIN_REFRESH_RATE_LIMIT
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 {{- if eq $workload "engine" }}
 - name: AZURE_OPENAI_ENDPOINT

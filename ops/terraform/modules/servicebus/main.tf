@@ -1,15 +1,25 @@
-# The environment's Service Bus namespace and the four queues of the cloud architecture.
-# manager-callback-session-queue is session-enabled (frames of one streamed answer stay in
-# order per session). Every queue dead-letters expired messages and, after
-# max_delivery_count failed deliveries, poison ones; nothing is dropped silently.
+# The environment's Service Bus namespace and the four queues of the cloud architecture, as
+# the binary's `servicebus` bus backend uses them (workers/src/bus/servicebus.rs):
+# - Duplicate detection on every queue: sends are idempotent by message id. The outbox relay
+#   resends a batch with the same ids after a crash between send and checkpoint, and relies
+#   on the broker dropping what it already accepted within the history window.
+# - No sessions, on purpose, including manager-callback-session-queue. This deviates from the
+#   cloud architecture ("Session-enabled callbacks"): the binary talks to Service Bus over the
+#   REST API, which cannot receive by session, and a non-session peek-lock on a
+#   session-enabled queue is refused, so nothing could ever be read from it. Frames of a
+#   streamed answer carry a sequence number and the consumer reorders them instead (DESIGN.md
+#   decision 4). The queue keeps its name so the architecture's queue list still holds.
+# Every queue dead-letters expired messages and, after max_delivery_count failed deliveries,
+# poison ones; nothing is dropped silently. Both properties above can only be set when a
+# queue is created: changing them replaces the queue (and loses what it holds).
 
 locals {
-  queues = {
-    "manager-callback-queue"         = { requires_session = false }
-    "engine-queue"                   = { requires_session = false }
-    "accessor-queue"                 = { requires_session = false }
-    "manager-callback-session-queue" = { requires_session = true }
-  }
+  queues = toset([
+    "manager-callback-queue",
+    "engine-queue",
+    "accessor-queue",
+    "manager-callback-session-queue",
+  ])
 }
 
 resource "azurerm_servicebus_namespace" "this" {
@@ -36,7 +46,9 @@ resource "azurerm_servicebus_queue" "this" {
 
   name                                 = each.key
   namespace_id                         = azurerm_servicebus_namespace.this.id
-  requires_session                     = each.value.requires_session
+  requires_session                     = false
+  requires_duplicate_detection         = true
+  duplicate_detection_history_window   = var.duplicate_detection_history_window
   max_delivery_count                   = var.max_delivery_count
   dead_lettering_on_message_expiration = true
   lock_duration                        = var.lock_duration
@@ -44,7 +56,9 @@ resource "azurerm_servicebus_queue" "this" {
   max_size_in_megabytes                = 1024
 }
 
-# What the roles use: send and receive, nothing more.
+# What the roles use: send and receive, nothing more. `teachin queues status` (and the
+# engine's queue gauges, when they come) read the counts from the management API, which needs
+# Manage, which this rule does not grant (ops/README.md, "Open points").
 resource "azurerm_servicebus_namespace_authorization_rule" "app" {
   name         = "teachin-app"
   namespace_id = azurerm_servicebus_namespace.this.id

@@ -19,7 +19,7 @@ variable "sku" {
 
   validation {
     condition     = contains(["Standard", "Premium"], var.sku)
-    error_message = "sku must be Standard or Premium: Basic has no sessions, which manager-callback-session-queue needs."
+    error_message = "sku must be Standard or Premium: Basic has no duplicate detection, which the outbox relay relies on."
   }
 }
 
@@ -41,6 +41,16 @@ variable "max_delivery_count" {
 variable "lock_duration" {
   description = "Peek-lock duration (ISO 8601); workers renew it for long AI calls."
   type        = string
+}
+
+variable "duplicate_detection_history_window" {
+  description = "How long (ISO 8601) the broker remembers a message id and drops a resend of it."
+  type        = string
+
+  validation {
+    condition     = can(regex("^P(T[0-9]+[HMS]|[1-7]D)$", var.duplicate_detection_history_window))
+    error_message = "duplicate_detection_history_window must be an ISO 8601 duration such as PT10M, PT1H or P1D (Service Bus allows 20 seconds to 7 days)."
+  }
 }
 
 variable "message_ttl" {
