@@ -283,14 +283,7 @@ impl PeopleMutation {
         let command = UserCommand::ChangePassword {
             password_hash: password::hash(&new_password),
         };
-        let changed =
-            execute::<User>(ctx, caller, user_id, command, idempotency_key.as_deref()).await?;
-        state(ctx)
-            .sessions
-            .revoke_user(UserId(user_id))
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(changed)
+        execute_then_sign_out(ctx, caller, user_id, command, idempotency_key).await
     }
 
     /// Changes a person's role (admins). Their logins are signed out so the new role applies.
@@ -306,14 +299,7 @@ impl PeopleMutation {
             role,
             actor: caller.actor(),
         };
-        let changed =
-            execute::<User>(ctx, caller, user_id, command, idempotency_key.as_deref()).await?;
-        state(ctx)
-            .sessions
-            .revoke_user(UserId(user_id))
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(changed)
+        execute_then_sign_out(ctx, caller, user_id, command, idempotency_key).await
     }
 
     /// Forgets a person (GDPR erasure): their personal data becomes unreadable everywhere,
@@ -328,14 +314,7 @@ impl PeopleMutation {
         let command = UserCommand::Erase {
             actor: caller.actor(),
         };
-        let changed =
-            execute::<User>(ctx, caller, user_id, command, idempotency_key.as_deref()).await?;
-        state(ctx)
-            .sessions
-            .revoke_user(UserId(user_id))
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(changed)
+        execute_then_sign_out(ctx, caller, user_id, command, idempotency_key).await
     }
 
     /// Assigns a student to a teacher (the teacher themself, or an admin).
@@ -372,4 +351,23 @@ impl PeopleMutation {
         execute::<TeacherStudents>(ctx, caller, teacher_id, command, idempotency_key.as_deref())
             .await
     }
+}
+
+/// Runs a change that must end the person's logins (password, role, erasure): their refresh
+/// sessions are revoked once the event is stored, so the next refresh reads the new state.
+async fn execute_then_sign_out(
+    ctx: &Context<'_>,
+    caller: crate::access::Caller,
+    user_id: Uuid,
+    command: UserCommand,
+    idempotency_key: Option<String>,
+) -> ApiResult<Changed> {
+    let changed =
+        execute::<User>(ctx, caller, user_id, command, idempotency_key.as_deref()).await?;
+    state(ctx)
+        .sessions
+        .revoke_user(UserId(user_id))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(changed)
 }
