@@ -107,7 +107,8 @@ pub struct SendEmailHandler {
 }
 
 impl SendEmailHandler {
-    /// Checks the sender and builds the SMTP client; nothing is sent or connected yet.
+    /// Checks the sender and builds the SMTP client; nothing is sent or connected yet. Call it
+    /// inside the Tokio runtime: the connection pool starts its reaper task there.
     pub fn from_settings(settings: &EmailSettings) -> Result<Self, String> {
         let address: lettre::Address = settings.sender_email.parse().map_err(|e| {
             format!(
@@ -241,8 +242,8 @@ mod tests {
         assert_eq!(job.recipient_email, "a@example.com");
     }
 
-    #[test]
-    fn a_composed_message_carries_sender_recipient_html_and_a_stable_id() {
+    #[tokio::test]
+    async fn a_composed_message_carries_sender_recipient_html_and_a_stable_id() {
         let handler = SendEmailHandler::from_settings(&settings()).unwrap();
         let message = handler.compose(&job(), "0b1c-42").unwrap();
         let text = String::from_utf8(message.formatted()).unwrap();
@@ -257,8 +258,8 @@ mod tests {
         assert!(text.contains("<p>Read chapter 2.</p>"), "{text}");
     }
 
-    #[test]
-    fn what_can_never_be_sent_is_rejected_not_retried() {
+    #[tokio::test]
+    async fn what_can_never_be_sent_is_rejected_not_retried() {
         let handler = SendEmailHandler::from_settings(&settings()).unwrap();
         for bad in [
             SendEmail {
