@@ -49,6 +49,16 @@ pub enum Command {
 pub enum CronCommand {
     /// Purge refresh sessions that expired or were revoked (the original's job hit a 404).
     CleanupSessions,
+    /// Print the tutor usage snapshot as JSON and keep it in Redis for a day
+    /// (`teachin:{ns}:stats`).
+    Stats,
+    /// Forget bus bookkeeping older than the retention: accepted message ids (duplicate
+    /// detection) and processed-message records (consumer idempotency).
+    PurgeBus {
+        /// Days to keep; longer than any message can take to come back.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+        retention_days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -71,6 +71,14 @@ pub struct Settings {
     /// The message bus: `TEACHIN_BUS` (`postgres`, the default, or `servicebus`) and its
     /// settings.
     pub bus: teachin_workers::BusConfig,
+    /// Avatars: Azure Blob, a local directory, or `None` (a cloud environment with neither).
+    pub avatars: Option<teachin_workers::media::AvatarSettings>,
+    /// Azure Speech (`Speech__Key`, `Speech__Region`); `None` without a key.
+    pub speech: Option<teachin_workers::speech::SpeechSettings>,
+    /// SMTP for `SendEmail` jobs (`BREVO_*`); `None` without `BREVO_SMTP_HOST`. Read where
+    /// the accessor's `accessor-queue` consumer is assembled (`email::register`).
+    #[allow(dead_code)]
+    pub email: Option<teachin_workers::email::EmailSettings>,
 }
 
 const LOCAL_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/teachin";
@@ -78,6 +86,7 @@ const LOCAL_LOOKUP_HASH_KEY: &str = "local-only-lookup-hash-key-change-me";
 const LOCAL_JWT_SECRET: &str = "local-only-jwt-secret-change-me-0123456789";
 const LOCAL_REFRESH_HASH_KEY: &str = "local-only-refresh-token-hash-key-change-me";
 const LOCAL_PORTALS: &str = "http://localhost:3000,http://localhost:5173";
+const LOCAL_MEDIA_SIGNING_KEY: &str = "local-only-media-signing-key-change-me";
 
 /// Finds a setting's raw value by name.
 type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
@@ -305,6 +314,9 @@ impl<'a> SettingsSource<'a> {
             refresh_budget,
             azure_signalr,
             bus: self.bus()?,
+            avatars: self.avatars(local)?,
+            speech: self.speech()?,
+            email: self.email()?,
         })
     }
 
@@ -381,6 +393,159 @@ impl<'a> SettingsSource<'a> {
                 format!("`{other}` is not `postgres` or `servicebus`"),
             )),
         }
+    }
+}
+
+impl SettingsSource<'_> {
+    /// Avatars. `ConnectionStrings__AvatarsStorage` (the storage account's connection string)
+    /// selects Azure Blob, container `Avatars__Container` (`avatars`). Otherwise a directory,
+    /// `TEACHIN_AVATARS_DIR` (`./data/avatars`), served by the manager at
+    /// `TEACHIN_MEDIA_BASE_URL` (`http://localhost:{TEACHIN_MANAGER_PORT}`) with URLs signed by
+    /// `TEACHIN_MEDIA_SIGNING_KEY` — which a cloud environment must set to use a directory;
+    /// without it and without Blob, avatars are off there (`None`). Either way at most
+    /// `TEACHIN_AVATARS_MAX_BYTES` (2 MiB).
+    fn avatars(
+        &self,
+        local: bool,
+    ) -> Result<Option<teachin_workers::media::AvatarSettings>, ConfigError> {
+        use teachin_workers::media::{
+            AvatarBackend, AvatarSettings, AzureBlobSettings, LocalAvatarSettings,
+            DEFAULT_MAX_BYTES,
+        };
+        let max_bytes: u64 = self.parsed(
+            "TEACHIN_AVATARS_MAX_BYTES",
+            DEFAULT_MAX_BYTES,
+            "a number of bytes",
+        )?;
+        if max_bytes == 0 {
+            return Err(ConfigError::new(
+                "TEACHIN_AVATARS_MAX_BYTES",
+                "must be at least 1",
+            ));
+        }
+        if let Some((name, raw)) = self.first(&["ConnectionStrings__AvatarsStorage"]) {
+            let container = self
+                .first(&["Avatars__Container"])
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| "avatars".into());
+            let azure = AzureBlobSettings::from_connection_string(&raw, &container)
+                .map_err(|p| ConfigError::new(&name, p))?;
+            return Ok(Some(AvatarSettings {
+                backend: AvatarBackend::Azure(azure),
+                max_bytes,
+            }));
+        }
+        let signing_key = match self.first(&["TEACHIN_MEDIA_SIGNING_KEY"]) {
+            Some((name, key)) if key.len() < 16 => {
+                return Err(ConfigError::new(&name, "must be at least 16 characters"))
+            }
+            Some((_, key)) => key.into_bytes(),
+            None if local => LOCAL_MEDIA_SIGNING_KEY.as_bytes().to_vec(),
+            None => return Ok(None),
+        };
+        let manager_port: u16 = self.parsed("TEACHIN_MANAGER_PORT", 5001, "a port number")?;
+        let base_url = self
+            .first(&["TEACHIN_MEDIA_BASE_URL"])
+            .map(|(_, v)| v.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://localhost:{manager_port}"));
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "TEACHIN_MEDIA_BASE_URL",
+                format!("`{base_url}` is not an http(s) URL"),
+            ));
+        }
+        let directory = self
+            .first(&["TEACHIN_AVATARS_DIR"])
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| "./data/avatars".into());
+        Ok(Some(AvatarSettings {
+            backend: AvatarBackend::Local(LocalAvatarSettings {
+                directory: directory.into(),
+                base_url,
+                signing_key,
+            }),
+            max_bytes,
+        }))
+    }
+
+    /// Azure Speech: `Speech__Key` turns it on and then needs `Speech__Region`;
+    /// `TEACHIN_SPEECH_ENDPOINT` replaces the token service's URL (tests, sovereign clouds).
+    fn speech(&self) -> Result<Option<teachin_workers::speech::SpeechSettings>, ConfigError> {
+        let Some((_, key)) = self.first(&["Speech__Key"]) else {
+            return Ok(None);
+        };
+        let Some((name, region)) = self.first(&["Speech__Region"]) else {
+            return Err(ConfigError::new(
+                "Speech__Region",
+                "must be set with Speech__Key (e.g. westeurope)",
+            ));
+        };
+        if !region.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ConfigError::new(
+                &name,
+                format!("`{region}` is not an Azure region name"),
+            ));
+        }
+        Ok(Some(teachin_workers::speech::SpeechSettings {
+            key,
+            region,
+            endpoint: self.first(&["TEACHIN_SPEECH_ENDPOINT"]).map(|(_, v)| v),
+        }))
+    }
+
+    /// SMTP through Brevo: `BREVO_SMTP_HOST` turns it on; `BREVO_SMTP_PORT` (587),
+    /// `BREVO_SMTP_TLS` (`starttls`, `tls` or `none`; by default TLS on 465, STARTTLS
+    /// otherwise), `BREVO_SMTP_USER` with `BREVO_SMTP_PASSWORD`, `BREVO_SENDER_EMAIL`
+    /// (required), `BREVO_SENDER_NAME` (`Teachin`).
+    fn email(&self) -> Result<Option<teachin_workers::email::EmailSettings>, ConfigError> {
+        use teachin_workers::email::{EmailSettings, SmtpSecurity};
+        let Some((_, host)) = self.first(&["BREVO_SMTP_HOST"]) else {
+            return Ok(None);
+        };
+        let port: u16 = self.parsed("BREVO_SMTP_PORT", 587, "a port number")?;
+        let security = match self.first(&["BREVO_SMTP_TLS"]) {
+            None => SmtpSecurity::for_port(port),
+            Some((name, raw)) => SmtpSecurity::parse(&raw).ok_or_else(|| {
+                ConfigError::new(&name, format!("`{raw}` is not `starttls`, `tls` or `none`"))
+            })?,
+        };
+        let username = self.first(&["BREVO_SMTP_USER"]).map(|(_, v)| v);
+        let password = self.first(&["BREVO_SMTP_PASSWORD"]).map(|(_, v)| v);
+        if username.is_some() != password.is_some() {
+            let missing = if username.is_none() {
+                "BREVO_SMTP_USER"
+            } else {
+                "BREVO_SMTP_PASSWORD"
+            };
+            return Err(ConfigError::new(
+                missing,
+                "BREVO_SMTP_USER and BREVO_SMTP_PASSWORD go together",
+            ));
+        }
+        let Some((_, sender_email)) = self.first(&["BREVO_SENDER_EMAIL"]) else {
+            return Err(ConfigError::new(
+                "BREVO_SENDER_EMAIL",
+                "must be set with BREVO_SMTP_HOST",
+            ));
+        };
+        if !sender_email.contains('@') {
+            return Err(ConfigError::new(
+                "BREVO_SENDER_EMAIL",
+                format!("`{sender_email}` is not an email address"),
+            ));
+        }
+        Ok(Some(EmailSettings {
+            host,
+            port,
+            security,
+            username,
+            password,
+            sender_email,
+            sender_name: self
+                .first(&["BREVO_SENDER_NAME"])
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| "Teachin".into()),
+        }))
     }
 }
 
@@ -628,5 +793,135 @@ mod tests {
         assert_eq!(o.get_username(), "teachin");
         assert!(parse_postgres("Host=x;Colour=blue").is_err());
         assert!(parse_postgres("just words").is_err());
+    }
+
+    #[test]
+    fn avatars_default_to_a_local_directory_and_use_blob_when_given_its_account() {
+        use teachin_workers::media::AvatarBackend;
+        let s = load(&[("TEACHIN_MANAGER_PORT", "8080")]).unwrap();
+        let avatars = s.avatars.unwrap();
+        assert_eq!(avatars.max_bytes, 2 * 1024 * 1024);
+        match avatars.backend {
+            AvatarBackend::Local(l) => {
+                assert_eq!(l.directory, std::path::PathBuf::from("./data/avatars"));
+                assert_eq!(l.base_url, "http://localhost:8080");
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = load(&[
+            (
+                "ConnectionStrings__AvatarsStorage",
+                "DefaultEndpointsProtocol=https;AccountName=devavatars;AccountKey=a2V5;EndpointSuffix=core.windows.net",
+            ),
+            ("Avatars__Container", "pictures"),
+            ("TEACHIN_AVATARS_MAX_BYTES", "1000"),
+        ])
+        .unwrap();
+        let avatars = s.avatars.unwrap();
+        assert_eq!(avatars.max_bytes, 1000);
+        match avatars.backend {
+            AvatarBackend::Azure(a) => {
+                assert_eq!(
+                    (a.account.as_str(), a.container.as_str()),
+                    ("devavatars", "pictures")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = load(&[("ConnectionStrings__AvatarsStorage", "AccountName=x")]).unwrap_err();
+        assert_eq!(e.name, "ConnectionStrings__AvatarsStorage");
+        assert!(!e.problem.contains("a2V5"));
+        assert_eq!(
+            load(&[("TEACHIN_MEDIA_SIGNING_KEY", "short")])
+                .unwrap_err()
+                .name,
+            "TEACHIN_MEDIA_SIGNING_KEY"
+        );
+        assert_eq!(
+            load(&[("TEACHIN_MEDIA_BASE_URL", "localhost:5001")])
+                .unwrap_err()
+                .name,
+            "TEACHIN_MEDIA_BASE_URL"
+        );
+        assert_eq!(
+            load(&[("TEACHIN_AVATARS_MAX_BYTES", "0")])
+                .unwrap_err()
+                .name,
+            "TEACHIN_AVATARS_MAX_BYTES"
+        );
+    }
+
+    #[test]
+    fn a_cloud_environment_without_storage_has_no_avatars() {
+        let cloud = [
+            ("TEACHIN_ENV", "dev"),
+            ("ConnectionStrings__Postgres", "postgres://u@db/dev"),
+            ("TEACHIN_LOOKUP_HASH_KEY", "0123456789abcdef0123"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("JWT_REFRESH_TOKEN_HASH_KEY", "0123456789abcdef"),
+        ];
+        assert!(load(&cloud).unwrap().avatars.is_none());
+        let mut with_key = cloud.to_vec();
+        with_key.push(("TEACHIN_MEDIA_SIGNING_KEY", "0123456789abcdef0123"));
+        assert!(load(&with_key).unwrap().avatars.is_some());
+    }
+
+    #[test]
+    fn speech_is_on_with_a_key_and_needs_its_region() {
+        assert!(load(&[]).unwrap().speech.is_none());
+        let e = load(&[("Speech__Key", "k")]).unwrap_err();
+        assert_eq!(e.name, "Speech__Region");
+        let s = load(&[("Speech__Key", "k"), ("Speech__Region", "westeurope")])
+            .unwrap()
+            .speech
+            .unwrap();
+        assert_eq!((s.key.as_str(), s.region.as_str()), ("k", "westeurope"));
+        assert_eq!(s.endpoint, None);
+        assert!(!format!("{s:?}").contains("\"k\""));
+        assert_eq!(
+            load(&[("Speech__Key", "k"), ("Speech__Region", "west europe")])
+                .unwrap_err()
+                .name,
+            "Speech__Region"
+        );
+    }
+
+    #[test]
+    fn email_is_on_with_a_host_and_reads_the_brevo_names() {
+        use teachin_workers::email::SmtpSecurity;
+        assert!(load(&[]).unwrap().email.is_none());
+        let e = load(&[("BREVO_SMTP_HOST", "smtp-relay.brevo.com")]).unwrap_err();
+        assert_eq!(e.name, "BREVO_SENDER_EMAIL");
+        let brevo = [
+            ("BREVO_SMTP_HOST", "smtp-relay.brevo.com"),
+            ("BREVO_SENDER_EMAIL", "no-reply@teachin.app"),
+            ("BREVO_SMTP_USER", "user"),
+            ("BREVO_SMTP_PASSWORD", "pass"),
+        ];
+        let s = load(&brevo).unwrap().email.unwrap();
+        assert_eq!(s.port, 587);
+        assert_eq!(s.security, SmtpSecurity::StartTls);
+        assert_eq!(s.sender_name, "Teachin");
+        assert_eq!(s.username.as_deref(), Some("user"));
+        let mut implicit = brevo.to_vec();
+        implicit.push(("BREVO_SMTP_PORT", "465"));
+        assert_eq!(
+            load(&implicit).unwrap().email.unwrap().security,
+            SmtpSecurity::Tls
+        );
+        let e = load(&[
+            ("BREVO_SMTP_HOST", "h"),
+            ("BREVO_SENDER_EMAIL", "a@b.c"),
+            ("BREVO_SMTP_USER", "user"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.name, "BREVO_SMTP_PASSWORD");
+        let e = load(&[
+            ("BREVO_SMTP_HOST", "h"),
+            ("BREVO_SENDER_EMAIL", "a@b.c"),
+            ("BREVO_SMTP_TLS", "ssl"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.name, "BREVO_SMTP_TLS");
     }
 }

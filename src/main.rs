@@ -84,6 +84,29 @@ async fn run(command: Command, settings: config::Settings) -> anyhow::Result<()>
             println!("refresh sessions purged: {purged}");
             Ok(())
         }
+        Command::Cron(CronCommand::Stats) => {
+            let pool = roles::connect(&settings).await?;
+            roles::migrate(&pool).await?;
+            let snapshot =
+                teachin_workers::stats::snapshot(&pool, sqlx::types::chrono::Utc::now()).await?;
+            let redis = roles::redis(&settings).await?;
+            teachin_workers::stats::store(&redis, &settings.namespace, &snapshot).await?;
+            println!("{}", serde_json::to_string(&snapshot)?);
+            Ok(())
+        }
+        Command::Cron(CronCommand::PurgeBus { retention_days }) => {
+            let pool = roles::connect(&settings).await?;
+            roles::migrate(&pool).await?;
+            let before = sqlx::types::chrono::Utc::now()
+                - std::time::Duration::from_secs(u64::from(retention_days) * 24 * 60 * 60);
+            let ids =
+                teachin_workers::bus::postgres::PostgresBus::new(pool.clone(), Default::default())
+                    .purge_message_ids(before)
+                    .await?;
+            let processed = teachin_workers::consumer::purge_processed(&pool, before).await?;
+            println!("message ids purged: {ids}\nprocessed records purged: {processed}");
+            Ok(())
+        }
         Command::Queues(command) => {
             let pool = roles::connect(&settings).await?;
             roles::migrate(&pool).await?;

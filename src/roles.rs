@@ -247,6 +247,11 @@ async fn manager(
         hub: Some(hub.clone()),
         redis_url: settings.redis_url.clone(),
         namespace: settings.namespace.clone(),
+        avatars: (settings.avatars.as_ref())
+            .map(teachin_workers::media::AvatarStore::from_settings)
+            .transpose()
+            .context("opening the avatar store")?,
+        speech: (settings.speech.clone()).map(teachin_workers::speech::SpeechTokens::new),
     };
     let fanout = teachin_api::graphql::realtime::FeedFanout::default();
     let options = teachin_api::server::ManagerOptions {

@@ -556,6 +556,7 @@ async fn authorization_matrix_every_operation_against_every_kind_of_caller() {
     let vars = json!({
         "s": s, "t": t, "s2": s2, "c": c, "session": session,
         "from": today, "to": today, "random": Uuid::new_v4(),
+        "avatar": format!("{s}/{}.png", Uuid::new_v4().simple()),
     });
     // (operation, document, who may call it). Destructive operations come last.
     let matrix: &[(&str, &str, &[&str])] = &[
@@ -587,6 +588,8 @@ async fn authorization_matrix_every_operation_against_every_kind_of_caller() {
         ("analyticsAiUsage", "query($from: NaiveDate!, $to: NaiveDate!) { analyticsAiUsage(from: $from, to: $to) { requests } }", ADMIN),
         ("analyticsRegistrations", "query($from: NaiveDate!, $to: NaiveDate!) { analyticsRegistrations(from: $from, to: $to) { registrations } }", ADMIN),
         ("analyticsAchievements", "query($from: NaiveDate!, $to: NaiveDate!) { analyticsAchievements(from: $from, to: $to) { unlocked } }", ADMIN),
+        ("avatarUrl", "query($s: UUID!) { avatarUrl(userId: $s) { url } }", SELF_TEACHER_ADMIN),
+        ("speechToken", "query { speechToken { token } }", EVERYONE_SIGNED_IN),
         ("signUp", "mutation { signUp(input: {firstName: \"New\", lastName: \"Student\", email: \"new@example.com\", password: \"correct horse battery\"}, idempotencyKey: \"matrix\") { userId } }", ANYONE),
         ("login", "mutation { login(email: \"nobody@example.com\", password: \"wrong password\") { accessToken } }", ANYONE),
         ("refreshSession", "mutation { refreshSession { accessToken } }", ANYONE),
@@ -610,6 +613,9 @@ async fn authorization_matrix_every_operation_against_every_kind_of_caller() {
         ("setWordCardLearned", "mutation($random: UUID!) { setWordCardLearned(cardId: $random, isLearned: true) { id } }", EVERYONE_SIGNED_IN),
         ("saveGameConfig", "mutation { saveGameConfig(game: WORD_ORDER, difficulty: HARD, nikud: true, numberOfSentences: 5) { id } }", EVERYONE_SIGNED_IN),
         ("deleteGameConfig", "mutation { deleteGameConfig(game: TYPING_PRACTICE) { id } }", EVERYONE_SIGNED_IN),
+        ("requestAvatarUpload", "mutation($s: UUID!) { requestAvatarUpload(userId: $s, contentType: \"image/png\", size: 100) { path } }", SELF_ADMIN),
+        ("confirmAvatarUpload", "mutation($s: UUID!, $avatar: String!) { confirmAvatarUpload(userId: $s, path: $avatar) { id } }", SELF_ADMIN),
+        ("removeAvatar", "mutation($s: UUID!) { removeAvatar(userId: $s) { id } }", SELF_ADMIN),
         ("deleteClass", "mutation($c: UUID!) { deleteClass(classId: $c) { id } }", CLASS_TEACHER_ADMIN),
         ("eraseUser", "mutation($s: UUID!) { eraseUser(userId: $s) { id } }", SELF_ADMIN),
     ];

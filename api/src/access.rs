@@ -125,6 +125,9 @@ pub const RULES: &[(&str, Rule)] = &[
     ("analyticsAccuracyTrends", Rule::Admin),
     ("analyticsMistakePatterns", Rule::Admin),
     ("analyticsAiUsage", Rule::Admin),
+    // Queries: media.
+    ("avatarUrl", Rule::SelfTeacherOrAdmin),
+    ("speechToken", Rule::SignedIn),
     // Mutations: sessions.
     ("signUp", Rule::Anyone),
     ("login", Rule::Anyone),
@@ -154,6 +157,10 @@ pub const RULES: &[(&str, Rule)] = &[
     ("setWordCardLearned", Rule::SignedIn),
     ("saveGameConfig", Rule::SignedIn),
     ("deleteGameConfig", Rule::SignedIn),
+    // Mutations: media (a person's own avatar; admins for anyone).
+    ("requestAvatarUpload", Rule::SelfOrAdmin),
+    ("confirmAvatarUpload", Rule::SelfOrAdmin),
+    ("removeAvatar", Rule::SelfOrAdmin),
     // Subscriptions.
     ("notifications", Rule::SignedIn),
     ("sessionReplayStream", Rule::SelfTeacherOrAdmin),

@@ -8,5 +8,6 @@ pub mod error;
 pub mod graphql;
 pub mod health;
 pub mod hub;
+pub mod media;
 pub mod metrics;
 pub mod server;

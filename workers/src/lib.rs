@@ -20,3 +20,7 @@ pub mod relay;
 pub mod testing;
 
 pub use bus::{Bus, BusConfig, BusError, OutgoingMessage, QueueName, ReceivedMessage};
+pub mod email;
+pub mod media;
+pub mod speech;
+pub mod stats;

@@ -11,6 +11,7 @@ mod auth;
 mod classes;
 mod insights;
 mod learning;
+mod media;
 pub(crate) mod people;
 mod practice;
 pub mod realtime;
@@ -53,6 +54,11 @@ pub struct ApiState {
     /// Where the realtime feed comes from (for subscriptions).
     pub redis_url: String,
     pub namespace: String,
+    /// Avatars: a local directory or Azure Blob (`graphql/media.rs`, `crate::media`); `None`
+    /// where neither is configured.
+    pub avatars: Option<teachin_workers::media::AvatarStore>,
+    /// Speech tokens for the browser; `None` where no Speech key is configured.
+    pub speech: Option<teachin_workers::speech::SpeechTokens>,
 }
 
 /// How sessions are delivered to browsers, and how fast sign-in may be attempted.
@@ -107,6 +113,7 @@ pub struct Query(
     practice::PracticeQuery,
     learning::LearningQuery,
     insights::InsightQuery,
+    media::MediaQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -117,6 +124,7 @@ pub struct Mutation(
     tutor::TutorMutation,
     practice::PracticeMutation,
     learning::LearningMutation,
+    media::MediaMutation,
 );
 
 #[derive(MergedSubscription, Default)]
