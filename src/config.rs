@@ -75,9 +75,8 @@ pub struct Settings {
     pub avatars: Option<teachin_workers::media::AvatarSettings>,
     /// Azure Speech (`Speech__Key`, `Speech__Region`); `None` without a key.
     pub speech: Option<teachin_workers::speech::SpeechSettings>,
-    /// SMTP for `SendEmail` jobs (`BREVO_*`); `None` without `BREVO_SMTP_HOST`. Read where
-    /// the accessor's `accessor-queue` consumer is assembled (`email::register`).
-    #[allow(dead_code)]
+    /// SMTP for `SendEmail` jobs (`BREVO_*`); `None` without `BREVO_SMTP_HOST`, and then the
+    /// accessor does not consume `accessor-queue`.
     pub email: Option<teachin_workers::email::EmailSettings>,
 }
 

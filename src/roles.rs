@@ -151,6 +151,24 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
                 Ok(())
             }
         });
+        // The accessor-queue: jobs for the accessor (email), when SMTP is configured.
+        if let Some(email) = &settings.email {
+            let handler = teachin_workers::email::SendEmailHandler::from_settings(email)
+                .map_err(|e| anyhow::anyhow!("email settings: {e}"))?;
+            let consumer = teachin_workers::consumer::Consumer::new(
+                "accessor-email",
+                teachin_workers::QueueName::Accessor,
+                teachin_workers::bus::connect(&settings.bus, pool.clone())
+                    .context("the message bus")?,
+                pool.clone(),
+            );
+            let consumer = teachin_workers::email::register(consumer, handler);
+            let stop = stop_rx.clone();
+            servers.spawn(async move {
+                consumer.run(stop).await;
+                Ok(())
+            });
+        }
         servers.spawn(publish_feed(
             pool.clone(),
             settings.redis_url.clone(),
@@ -253,6 +271,11 @@ async fn manager(
             .context("opening the avatar store")?,
         speech: (settings.speech.clone()).map(teachin_workers::speech::SpeechTokens::new),
     };
+    // The local avatar backend's signed upload and read routes (Azure Blob serves its own).
+    let media = match &state.avatars {
+        Some(store) => teachin_api::media::media_router(store.clone(), &settings.cors_origins),
+        None => axum::Router::new(),
+    };
     let fanout = teachin_api::graphql::realtime::FeedFanout::default();
     let options = teachin_api::server::ManagerOptions {
         graphiql: local,
@@ -270,6 +293,7 @@ async fn manager(
             .with_extra(queue_metrics(settings, pool.clone())?),
         options,
     )
+    .merge(media)
     .merge(teachin_api::health::router(
         "manager",
         pool,

@@ -859,6 +859,45 @@ async fn each_feature_area_through_graphql() {
     })
     .await;
 
+    // An avatar: a signed upload to the manager's media routes, confirmed, then readable
+    // through a signed URL by the student's teacher.
+    let png: Vec<u8> = [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 64][..]].concat();
+    let r = student
+        .gql(
+            "mutation($s: UUID!, $n: Int!) { requestAvatarUpload(userId: $s, contentType: \"image/png\", size: $n) { uploadUrl path headers { name value } } }",
+            json!({ "s": s, "n": png.len() }),
+        )
+        .await;
+    let ticket = &r["data"]["requestAvatarUpload"];
+    let mut put = reqwest::Client::new()
+        .put(
+            ticket["uploadUrl"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}")),
+        )
+        .body(png.clone());
+    for h in ticket["headers"].as_array().unwrap() {
+        put = put.header(h["name"].as_str().unwrap(), h["value"].as_str().unwrap());
+    }
+    let status = put.send().await.unwrap().status();
+    assert!(status.is_success(), "upload answered {status}");
+    let r = student
+        .gql("mutation($s: UUID!, $p: String!) { confirmAvatarUpload(userId: $s, path: $p) { events } }", json!({ "s": s, "p": ticket["path"] }))
+        .await;
+    assert_eq!(r["data"]["confirmAvatarUpload"]["events"], 1, "{r}");
+    let url = eventually("the avatar's read URL", || async {
+        let r = teacher
+            .gql(
+                "query($s: UUID!) { avatarUrl(userId: $s) { url } }",
+                json!({ "s": s }),
+            )
+            .await;
+        r["data"]["avatarUrl"]["url"].as_str().map(str::to_owned)
+    })
+    .await;
+    let got = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.as_ref(), png.as_slice());
+
     // Analytics for admins, and the user list with cursor paging.
     let today = chrono::Utc::now().date_naive().to_string();
     let r = admin

@@ -56,6 +56,10 @@ impl RunningApp {
             .env("TEACHIN_MANAGER_PORT", manager.to_string())
             .env("TEACHIN_ACCESSOR_PORT", accessor.to_string())
             .env("TEACHIN_ENGINE_PORT", engine.to_string())
+            .env(
+                "TEACHIN_AVATARS_DIR",
+                std::env::temp_dir().join(format!("teachin-avatars-{namespace}")),
+            )
             .stdout(std::process::Stdio::null());
         for (k, v) in env {
             command.env(k, v);
