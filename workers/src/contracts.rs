@@ -16,6 +16,8 @@
 //! | `manager-callback-queue` | `TutorReplyCompleted` | [`TutorReplyCompleted`] | `tutor-reply:{request}` |
 //! | `manager-callback-queue` | `TutorReplyFailed` | [`TutorReplyFailed`] | `tutor-reply:{request}` (one outcome per request) |
 //! | `manager-callback-queue` | `SessionTitleGenerated` | [`SessionTitleGenerated`] | `tutor-title:{request}` |
+//! | `engine-queue` | `GenerateSentences`, `GenerateSplitSentences`, `GenerateWordExplain`, `GenerateEmailDraft` | [`GenerationJob`] | the `…Requested` event's id |
+//! | `manager-callback-queue` | `SentencesGenerated`, `WordExplained`, `EmailDrafted`, `GenerationFailed` | [`SentencesGenerated`], [`WordExplained`], [`EmailDrafted`], [`GenerationFailed`] | `generation-result:{request}` (one outcome per request) |
 //!
 //! Every id the engine gives is derived from the request (and the delivery attempt, the
 //! sequence or the tool call's index), never random: a request redelivered after a worker
@@ -24,6 +26,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use teachin_domain::ids::{AttemptId, ExerciseId, RequestId, TutorSessionId, UserId};
+use teachin_domain::vocabulary::{Difficulty, GameType};
 
 /// `engine-queue` actions.
 pub mod engine {
@@ -33,6 +36,14 @@ pub mod engine {
     pub const PROCESSING_GLOBAL_CHAT_MESSAGE: &str = "ProcessingGlobalChatMessage";
     /// The explanation of one wrong attempt.
     pub const PROCESSING_EXPLAIN_MISTAKE: &str = "ProcessingExplainMistake";
+    /// Sentences for the typing or speaking game.
+    pub const GENERATE_SENTENCES: &str = "GenerateSentences";
+    /// Sentences for the word-order game.
+    pub const GENERATE_SPLIT_SENTENCES: &str = "GenerateSplitSentences";
+    /// What a word means in its sentence.
+    pub const GENERATE_WORD_EXPLAIN: &str = "GenerateWordExplain";
+    /// A teacher's email draft.
+    pub const GENERATE_EMAIL_DRAFT: &str = "GenerateEmailDraft";
 }
 
 /// How long a tutor request may wait for the engine before it is answered with an error
@@ -95,6 +106,14 @@ pub mod callback {
     pub const TUTOR_TOOL_CALLED: &str = "TutorToolCalled";
     /// A conversation got its title ([`super::SessionTitleGenerated`]).
     pub const SESSION_TITLE_GENERATED: &str = "SessionTitleGenerated";
+    /// Sentences were written ([`super::SentencesGenerated`]).
+    pub const SENTENCES_GENERATED: &str = "SentencesGenerated";
+    /// A word was explained ([`super::WordExplained`]).
+    pub const WORD_EXPLAINED: &str = "WordExplained";
+    /// An email was drafted ([`super::EmailDrafted`]).
+    pub const EMAIL_DRAFTED: &str = "EmailDrafted";
+    /// A generation request failed ([`super::GenerationFailed`]).
+    pub const GENERATION_FAILED: &str = "GenerationFailed";
 }
 
 /// `manager-callback-session-queue` actions: the frames of streamed answers.
@@ -122,6 +141,11 @@ pub mod message_ids {
 
     pub fn title(request: RequestId) -> String {
         format!("tutor-title:{request}")
+    }
+
+    /// Shared by every outcome of a generation request.
+    pub fn generation_result(request: RequestId) -> String {
+        format!("generation-result:{request}")
     }
 }
 
@@ -249,6 +273,82 @@ pub struct SessionTitleGenerated {
     pub generated: bool,
 }
 
+/// The payload of every generation action on `engine-queue`, derived from the
+/// `GenerationRequest`'s `…Requested` event (whose id is the message id). The worker loads
+/// what was asked from the aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationJob {
+    pub request_id: RequestId,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// What the model used for a generation, for analytics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationUsage {
+    pub model: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub latency_ms: u64,
+    /// The prompt it was written with (`sentences@v1`, ...).
+    pub prompt: String,
+}
+
+/// The exercise the `index`-th sentence of a generation request becomes: derived from the
+/// request, so a callback handled twice records the same exercises.
+pub fn generated_exercise(request: RequestId, index: usize) -> ExerciseId {
+    ExerciseId(uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("teachin:generation:{request}:sentence:{index}").as_bytes(),
+    ))
+}
+
+/// `SentencesGenerated`: the manager records one exercise per sentence, then completes the
+/// request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentencesGenerated {
+    pub request_id: RequestId,
+    pub requester: UserId,
+    pub game_type: GameType,
+    pub difficulty: Difficulty,
+    pub nikud: bool,
+    /// Exactly as many as were asked for, each one the exercise's sentence.
+    pub sentences: Vec<String>,
+    pub usage: GenerationUsage,
+}
+
+/// `WordExplained`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WordExplained {
+    pub request_id: RequestId,
+    pub definition: String,
+    pub explanation: String,
+    pub usage: GenerationUsage,
+}
+
+/// `EmailDrafted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailDrafted {
+    pub request_id: RequestId,
+    pub subject: String,
+    pub body: String,
+    pub usage: GenerationUsage,
+}
+
+/// `GenerationFailed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationFailed {
+    pub request_id: RequestId,
+    pub reason: String,
+    pub model: Option<String>,
+    pub latency_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +377,38 @@ mod tests {
         assert_eq!(request.task.action(), engine::PROCESSING_EXPLAIN_MISTAKE);
         assert!(!request.expired(at + chrono::Duration::seconds(60)));
         assert!(request.expired(at + chrono::Duration::seconds(61)));
+    }
+
+    #[test]
+    fn a_frame_names_its_stage_and_finality_in_camel_case() {
+        let frame = TutorReplyFrame {
+            student_id: UserId::new(),
+            session_id: TutorSessionId::new(),
+            request_id: RequestId::new(),
+            attempt: 2,
+            sequence: 7,
+            stage: FrameStage::Final,
+            delta: "שלום".into(),
+            tool_call: None,
+            is_final: FrameStage::Final.is_final(),
+            elapsed_ms: 12,
+        };
+        let json = serde_json::to_value(&frame).unwrap();
+        assert_eq!(json["stage"], "final");
+        assert_eq!(json["final"], true);
+        assert_eq!(json["elapsedMs"], 12);
+        assert!(json.get("toolCall").is_none());
+        assert_eq!(
+            serde_json::from_value::<TutorReplyFrame>(json).unwrap(),
+            frame
+        );
+        assert!(!FrameStage::Model.is_final() && !FrameStage::Tool.is_final());
+        assert!(FrameStage::Expired.is_final() && FrameStage::Failed.is_final());
+        let request = RequestId::new();
+        assert_eq!(
+            message_ids::frame(request, 2, 7),
+            format!("tutor-frame:{request}:2:7")
+        );
+        assert_ne!(message_ids::reply(request), message_ids::title(request));
     }
 }

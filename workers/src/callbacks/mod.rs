@@ -3,6 +3,8 @@
 //!
 //! - [`results`] — `manager-callback-queue`: replies, failures, tool calls and titles become
 //!   `TutorSession` commands issued by the system, idempotent by message id.
+//! - [`generation`] — `manager-callback-queue`: generated sentences become exercises, and
+//!   every generation outcome a `GenerationRequest` command.
 //! - [`frames`] — `manager-callback-session-queue`: frames put back in order per request and
 //!   handed to a [`StreamPush`], which the binary implements with the SignalR hub.
 //!
@@ -10,6 +12,7 @@
 //! for messages, and the command bus's idempotency makes a callback handled twice harmless.
 
 pub mod frames;
+pub mod generation;
 pub mod results;
 
 use crate::bus::{Bus, QueueName};
@@ -78,7 +81,23 @@ pub fn results_consumer(deps: &CallbackDeps) -> Consumer {
     )
     .on(
         callback::SESSION_TITLE_GENERATED,
-        results::TitleGenerated(commands),
+        results::TitleGenerated(commands.clone()),
+    )
+    .on(
+        callback::SENTENCES_GENERATED,
+        generation::SentencesDone(commands.clone()),
+    )
+    .on(
+        callback::WORD_EXPLAINED,
+        generation::WordDone(commands.clone()),
+    )
+    .on(
+        callback::EMAIL_DRAFTED,
+        generation::EmailDone(commands.clone()),
+    )
+    .on(
+        callback::GENERATION_FAILED,
+        generation::GenerationDidFail(commands),
     )
 }
 

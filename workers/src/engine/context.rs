@@ -138,7 +138,8 @@ impl ContextReader {
         ContextReader { log, reader, vault }
     }
 
-    async fn open(&self, sealed: &Sealed) -> Result<String, ContextError> {
+    /// Opens one sealed value; erased data is [`ContextError::Unusable`].
+    pub async fn open(&self, sealed: &Sealed) -> Result<String, ContextError> {
         self.vault.open(sealed).await?.ok_or_else(|| {
             ContextError::Unusable(format!(
                 "the personal data of user {} has been erased",

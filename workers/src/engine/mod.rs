@@ -5,6 +5,8 @@
 //!
 //! - [`tutor`] — tutor replies (plain chat, the global tutor, mistake explanations): frames
 //!   streamed to the student, the reply, tool calls and the session's title as callbacks.
+//! - [`generation`] — generation requests: sentences (split for the word-order game), word
+//!   explanations, email drafts, each a checked JSON answer sent back as one callback.
 //! - [`context`] — what a reply is written from, read from the log and opened.
 //! - [`prompting`] — the versioned prompts put together.
 //! - [`stream`] — the frames of a streamed answer.
@@ -15,6 +17,7 @@
 //! that drive it themselves (tests take one message at a time).
 
 pub mod context;
+pub mod generation;
 pub mod prompting;
 pub mod settings;
 pub mod stream;
@@ -26,6 +29,7 @@ use crate::bus::{Bus, QueueName};
 use crate::consumer::{Consumer, ConsumerConfig};
 use crate::contracts::engine;
 use context::ContextReader;
+use generation::{GenerationSettings, Generations};
 use settings::WebSearchSettings;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -45,6 +49,7 @@ pub const CONSUMER_NAME: &str = "engine";
 pub struct EngineSettings {
     pub consumer: ConsumerConfig,
     pub tutor: TutorSettings,
+    pub generation: GenerationSettings,
     pub web_search: WebSearchSettings,
 }
 
@@ -70,10 +75,17 @@ pub fn engine_consumer(deps: &EngineDeps) -> Consumer {
     let tutor = TutorReplies::new(
         deps.bus.clone(),
         deps.commands.reader().clone(),
-        context,
+        context.clone(),
         deps.provider.clone(),
         Tools::new(&deps.settings.web_search),
         deps.settings.tutor.clone(),
+    );
+    let generations = Generations::new(
+        deps.bus.clone(),
+        deps.commands.reader().clone(),
+        context,
+        deps.provider.clone(),
+        deps.settings.generation.clone(),
     );
     Consumer::new(
         CONSUMER_NAME,
@@ -85,6 +97,10 @@ pub fn engine_consumer(deps: &EngineDeps) -> Consumer {
     .on(engine::PROCESSING_CHAT_MESSAGE, tutor.clone())
     .on(engine::PROCESSING_GLOBAL_CHAT_MESSAGE, tutor.clone())
     .on(engine::PROCESSING_EXPLAIN_MISTAKE, tutor)
+    .on(engine::GENERATE_SENTENCES, generations.clone())
+    .on(engine::GENERATE_SPLIT_SENTENCES, generations.clone())
+    .on(engine::GENERATE_WORD_EXPLAIN, generations.clone())
+    .on(engine::GENERATE_EMAIL_DRAFT, generations)
 }
 
 /// Runs the engine's workers until `shutdown` turns true (or its sender is dropped), then

@@ -154,12 +154,7 @@ pub fn title_messages(conversation: &Conversation) -> Result<Vec<ChatMessage>, P
 /// The title the model wrote, if its answer is the JSON `{"title": "..."}` asked for (a
 /// Markdown code fence around it is tolerated) with a title that fits.
 pub fn parse_title(answer: &str) -> Option<String> {
-    let trimmed = answer.trim();
-    let json = match (trimmed.find('{'), trimmed.rfind('}')) {
-        (Some(start), Some(end)) if start < end => &trimmed[start..=end],
-        _ => return None,
-    };
-    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let value = json_object(answer)?;
     let title = value.get("title")?.as_str()?;
     let title = title.trim().trim_matches(['"', '\'', '«', '»']).trim();
     let title: String = title
@@ -172,6 +167,19 @@ pub fn parse_title(answer: &str) -> Option<String> {
     }
     let cut: String = title.chars().take(MAX_TITLE_CHARS).collect();
     Some(cut.trim_end().to_string())
+}
+
+/// The JSON object a model was asked to answer with: the whole answer, or what lies between
+/// its first `{` and last `}` (models like to wrap JSON in a Markdown code fence).
+pub fn json_object(answer: &str) -> Option<serde_json::Value> {
+    let trimmed = answer.trim();
+    let json = match (trimmed.find('{'), trimmed.rfind('}')) {
+        (Some(start), Some(end)) if start < end => &trimmed[start..=end],
+        _ => return None,
+    };
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .filter(serde_json::Value::is_object)
 }
 
 /// The original's fallback title when the model gives none: `HHmm_dd_MM`.
