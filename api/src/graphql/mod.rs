@@ -9,6 +9,7 @@
 
 mod auth;
 mod classes;
+mod generation;
 mod insights;
 mod learning;
 pub(crate) mod people;
@@ -115,6 +116,7 @@ pub struct Mutation(
     tutor::TutorMutation,
     practice::PracticeMutation,
     learning::LearningMutation,
+    generation::GenerationMutation,
 );
 
 #[derive(MergedSubscription, Default)]

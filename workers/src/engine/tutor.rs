@@ -108,6 +108,50 @@ fn retry(what: &str) -> impl Fn(BusError) -> HandlerError + '_ {
     move |e| HandlerError::Retry(format!("{what}: {e}"))
 }
 
+fn sending(what: &str) -> impl Fn(BusError) -> Stop + '_ {
+    move |e| Stop::Retry(format!("sending {what}: {e}"))
+}
+
+/// One attempt at one request: what every step needs to know.
+struct Job<'a> {
+    request: &'a TutorReplyRequest,
+    student: UserId,
+    attempt: u32,
+    started: Instant,
+    context: &'a MessageContext,
+}
+
+/// Why writing a reply stopped.
+enum Stop {
+    /// Our side failed (the store, the bus): another delivery may do better.
+    Retry(String),
+    /// The reply fails, with the tool calls made on the way.
+    Fail {
+        reason: String,
+        model: Option<String>,
+        tool_calls: Vec<ToolCallRecord>,
+    },
+}
+
+impl Stop {
+    fn fail(reason: impl Into<String>) -> Stop {
+        Stop::Fail {
+            reason: reason.into(),
+            model: None,
+            tool_calls: Vec::new(),
+        }
+    }
+}
+
+impl From<ContextError> for Stop {
+    fn from(e: ContextError) -> Self {
+        match e {
+            ContextError::Unavailable(why) => Stop::Retry(why),
+            ContextError::Unusable(why) => Stop::fail(why),
+        }
+    }
+}
+
 /// The outcome being put together over the rounds of one reply.
 struct Reply {
     text: String,
@@ -166,14 +210,20 @@ impl Inner {
             }
             Some(ReplyStatus::InFlight) => {}
         }
-        let attempt = context.delivery_count.max(1);
+        let job = Job {
+            request: &request,
+            student,
+            attempt: context.delivery_count.max(1),
+            started,
+            context,
+        };
         let mut out = FrameOut::new(
             self.bus.as_ref(),
             context.correlation_id.clone(),
             student,
             request.session_id,
             request.request_id,
-            attempt,
+            job.attempt,
             self.settings.frames,
             started,
         );
@@ -190,81 +240,40 @@ impl Inner {
                 "expired: waited {waited} s for the engine; the time-to-live is {} s",
                 request.ttl_seconds
             );
-            return self
-                .fail(
-                    &request,
-                    student,
-                    reason,
-                    None,
-                    started,
-                    Vec::new(),
-                    context,
-                )
-                .await;
+            return self.fail(&job, reason, None, Vec::new()).await;
         }
 
-        let conversation = match self.context.conversation(&request).await {
-            Ok(conversation) => conversation,
-            Err(ContextError::Unavailable(why)) => return Err(HandlerError::Retry(why)),
-            Err(ContextError::Unusable(why)) => {
-                return self
-                    .fail_with_frame(
-                        &mut out,
-                        &request,
-                        student,
-                        why,
-                        None,
-                        started,
-                        Vec::new(),
-                        context,
-                    )
+        match self.write(&job, &mut out).await {
+            Ok(()) => Ok(()),
+            Err(Stop::Retry(why)) => Err(HandlerError::Retry(why)),
+            Err(Stop::Fail {
+                reason,
+                model,
+                tool_calls,
+            }) => {
+                tracing::warn!(request = %request.request_id, %reason, "tutor reply failed");
+                out.send(FrameStage::Failed, FAILED_NOTICE.into(), None)
                     .await
+                    .map_err(retry("sending the failure frame"))?;
+                self.fail(&job, reason, model, tool_calls).await
             }
-        };
+        }
+    }
+
+    /// Writes the reply: frames as it streams, the tool calls' callbacks, the final frame,
+    /// the completion and the title.
+    async fn write(&self, job: &Job<'_>, out: &mut FrameOut<'_>) -> Result<(), Stop> {
+        let request = job.request;
+        let conversation = self.context.conversation(request).await?;
         let profile = match conversation.kind {
             SessionKind::Default => None,
             SessionKind::Global | SessionKind::ExplainMistake { .. } => {
-                match self.context.profile(student).await {
-                    Ok(profile) => profile,
-                    Err(ContextError::Unavailable(why)) => return Err(HandlerError::Retry(why)),
-                    Err(ContextError::Unusable(why)) => {
-                        return self
-                            .fail_with_frame(
-                                &mut out,
-                                &request,
-                                student,
-                                why,
-                                None,
-                                started,
-                                Vec::new(),
-                                context,
-                            )
-                            .await
-                    }
-                }
+                self.context.profile(job.student).await?
             }
         };
-        let prompted = match prompting::tutor_messages(
-            &conversation,
-            profile.as_ref(),
-            self.settings.history_turns,
-        ) {
-            Ok(prompted) => prompted,
-            Err(why) => {
-                return self
-                    .fail_with_frame(
-                        &mut out,
-                        &request,
-                        student,
-                        why.to_string(),
-                        None,
-                        started,
-                        Vec::new(),
-                        context,
-                    )
-                    .await
-            }
-        };
+        let prompted =
+            prompting::tutor_messages(&conversation, profile.as_ref(), self.settings.history_turns)
+                .map_err(|e| Stop::fail(e.to_string()))?;
 
         let mut messages = prompted.messages;
         let mut reply = Reply {
@@ -289,28 +298,18 @@ impl Inner {
             let completion = match out
                 .stream(self.provider.as_ref(), &chat)
                 .await
-                .map_err(retry("sending a frame"))?
+                .map_err(sending("a frame"))?
             {
                 Ok(completion) => completion,
                 Err(error) => {
-                    let model = reply
-                        .model
-                        .clone()
-                        .or_else(|| Some(self.provider.model().to_string()));
-                    let tool_calls = std::mem::take(&mut reply.tool_calls);
-                    out.flush().await.map_err(retry("sending a frame"))?;
-                    return self
-                        .fail_with_frame(
-                            &mut out,
-                            &request,
-                            student,
-                            error.to_string(),
-                            model,
-                            started,
-                            tool_calls,
-                            context,
-                        )
-                        .await;
+                    out.flush().await.map_err(sending("a frame"))?;
+                    return Err(Stop::Fail {
+                        reason: error.to_string(),
+                        model: reply
+                            .model
+                            .or_else(|| Some(self.provider.model().to_string())),
+                        tool_calls: reply.tool_calls,
+                    });
                 }
             };
             reply.text.push_str(&completion.text);
@@ -328,7 +327,7 @@ impl Inner {
                 let record = ToolCallRecord {
                     message_id: message_ids::tool_call(
                         request.request_id,
-                        attempt,
+                        job.attempt,
                         reply.tool_calls.len() as u32,
                     ),
                     tool: call.name.clone(),
@@ -343,9 +342,10 @@ impl Inner {
                         request_id: request.request_id,
                         call: record.clone(),
                     },
-                    context,
+                    job.context,
                 )
-                .await?;
+                .await
+                .map_err(sending("a tool call"))?;
                 reply.tool_calls.push(record);
                 let mut result = ChatMessage::new(Speaker::Tool, outcome.for_model);
                 result.tool_call_id = Some(call.id.clone());
@@ -353,28 +353,21 @@ impl Inner {
             }
             round += 1;
         }
-        out.flush().await.map_err(retry("sending a frame"))?;
+        out.flush().await.map_err(sending("a frame"))?;
         let model = reply
             .model
             .unwrap_or_else(|| self.provider.model().to_string());
         if reply.text.trim().is_empty() {
-            return self
-                .fail_with_frame(
-                    &mut out,
-                    &request,
-                    student,
-                    "the model returned an empty answer".into(),
-                    Some(model),
-                    started,
-                    reply.tool_calls,
-                    context,
-                )
-                .await;
+            return Err(Stop::Fail {
+                reason: "the model returned an empty answer".into(),
+                model: Some(model),
+                tool_calls: reply.tool_calls,
+            });
         }
         out.send(FrameStage::Final, reply.text.clone(), None)
             .await
-            .map_err(retry("sending the final frame"))?;
-        let latency_ms = started.elapsed().as_millis() as u64;
+            .map_err(sending("the final frame"))?;
+        let latency_ms = job.started.elapsed().as_millis() as u64;
         tracing::info!(request = %request.request_id, %model, latency_ms,
             prompt_tokens = reply.usage.prompt_tokens, completion_tokens = reply.usage.completion_tokens,
             "tutor reply written");
@@ -384,7 +377,7 @@ impl Inner {
             &TutorReplyCompleted {
                 session_id: request.session_id,
                 request_id: request.request_id,
-                student_id: student,
+                student_id: job.student,
                 text: reply.text,
                 model,
                 prompt_tokens: reply.usage.prompt_tokens,
@@ -393,11 +386,14 @@ impl Inner {
                 prompts: prompted.prompts,
                 tool_calls: reply.tool_calls,
             },
-            context,
+            job.context,
         )
-        .await?;
+        .await
+        .map_err(sending("the reply"))?;
         if !conversation.has_title {
-            self.title(&request, &conversation, context).await?;
+            self.title(request, &conversation, job.context)
+                .await
+                .map_err(sending("the title"))?;
         }
         Ok(())
     }
@@ -409,7 +405,7 @@ impl Inner {
         request: &TutorReplyRequest,
         conversation: &Conversation,
         context: &MessageContext,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<(), BusError> {
         let (title, generated) = match fixed_title(conversation) {
             Some(title) => (title, false),
             None => match self.generate_title(conversation).await {
@@ -461,55 +457,30 @@ impl Inner {
         }
     }
 
-    /// Sends a `Failed` frame, then the failure callback.
-    #[allow(clippy::too_many_arguments)]
-    async fn fail_with_frame(
-        &self,
-        out: &mut FrameOut<'_>,
-        request: &TutorReplyRequest,
-        student: UserId,
-        reason: String,
-        model: Option<String>,
-        started: Instant,
-        tool_calls: Vec<ToolCallRecord>,
-        context: &MessageContext,
-    ) -> Result<(), HandlerError> {
-        tracing::warn!(request = %request.request_id, %reason, "tutor reply failed");
-        out.send(FrameStage::Failed, FAILED_NOTICE.into(), None)
-            .await
-            .map_err(retry("sending the failure frame"))?;
-        self.fail(
-            request, student, reason, model, started, tool_calls, context,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
+    /// The failure callback.
     async fn fail(
         &self,
-        request: &TutorReplyRequest,
-        student: UserId,
+        job: &Job<'_>,
         reason: String,
         model: Option<String>,
-        started: Instant,
         tool_calls: Vec<ToolCallRecord>,
-        context: &MessageContext,
     ) -> Result<(), HandlerError> {
         self.callback(
-            message_ids::reply(request.request_id),
+            message_ids::reply(job.request.request_id),
             callback::TUTOR_REPLY_FAILED,
             &TutorReplyFailed {
-                session_id: request.session_id,
-                request_id: request.request_id,
-                student_id: student,
+                session_id: job.request.session_id,
+                request_id: job.request.request_id,
+                student_id: job.student,
                 reason,
                 model,
-                latency_ms: started.elapsed().as_millis() as u64,
+                latency_ms: job.started.elapsed().as_millis() as u64,
                 tool_calls,
             },
-            context,
+            job.context,
         )
         .await
+        .map_err(retry("sending the failure"))
     }
 
     async fn callback(
@@ -518,7 +489,7 @@ impl Inner {
         action: &str,
         payload: &impl Serialize,
         context: &MessageContext,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<(), BusError> {
         let mut message = OutgoingMessage::new(
             message_id,
             action,
@@ -527,9 +498,6 @@ impl Inner {
         if let Some(correlation) = &context.correlation_id {
             message = message.with_correlation_id(correlation.clone());
         }
-        self.bus
-            .send(QueueName::ManagerCallback, message)
-            .await
-            .map_err(retry("sending a callback"))
+        self.bus.send(QueueName::ManagerCallback, message).await
     }
 }
