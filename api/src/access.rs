@@ -152,6 +152,11 @@ pub const RULES: &[(&str, Rule)] = &[
     // Mutations: the student's own learning.
     ("sendTutorMessage", Rule::SignedIn),
     ("explainMistake", Rule::SignedIn),
+    // Mutations: AI generation.
+    ("requestSentences", Rule::SignedIn),
+    ("requestSplitSentences", Rule::SignedIn),
+    ("requestWordExplanation", Rule::SignedIn),
+    ("requestEmailDraft", Rule::TeacherOrAdmin),
     ("submitAttempt", Rule::SignedIn),
     ("addWordCard", Rule::SignedIn),
     ("setWordCardLearned", Rule::SignedIn),

@@ -85,6 +85,7 @@ async fn app(speech: Option<SpeechTokens>) -> App {
             KEY.to_vec(),
         )),
         policy: Default::default(),
+        hub: None,
         redis_url,
         namespace,
         avatars: Some(avatars.clone()),

@@ -17,6 +17,7 @@ pub mod vocabulary;
 pub mod achievements;
 pub mod classroom;
 pub mod game_config;
+pub mod generation;
 pub mod practice;
 pub mod teaching;
 pub mod tutor_session;

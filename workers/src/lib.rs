@@ -10,11 +10,16 @@
 //! - [`ai`] — the AI providers (Azure OpenAI, any OpenAI-compatible endpoint, offline) behind
 //!   one streaming trait, the frame batcher and the versioned prompts.
 //! - [`contracts`] — the messages' actions and payloads, shared by producers and consumers.
+//! - [`engine`] — the engine role's AI workers on `engine-queue` ([`engine::run_engine`]).
+//! - [`callbacks`] — the manager's consumers of the callback queues: results become
+//!   commands, frames go in order to the hub ([`callbacks::run_manager_callbacks`]).
 
 pub mod ai;
 pub mod bus;
+pub mod callbacks;
 pub mod consumer;
 pub mod contracts;
+pub mod engine;
 pub mod relay;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -24,3 +29,5 @@ pub mod email;
 pub mod media;
 pub mod speech;
 pub mod stats;
+pub use callbacks::{run_manager_callbacks, CallbackDeps, CallbackSettings, StreamPush};
+pub use engine::{run_engine, EngineDeps, EngineSettings};

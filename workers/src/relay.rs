@@ -12,9 +12,12 @@
 //! | the same, with page context (the global tutor) | `engine-queue` | `ProcessingGlobalChatMessage` | task `globalChat` |
 //! | `AiReplyRequested`, after `MistakeExplanationRequested` | `engine-queue` | `ProcessingExplainMistake` | task `explainMistake` with the exercise and attempt |
 //!
+//! | `SentencesRequested` (GenerationRequest), word-order game | `engine-queue` | `GenerateSplitSentences` | [`GenerationJob`] |
+//! | `SentencesRequested`, typing or speaking game | `engine-queue` | `GenerateSentences` | [`GenerationJob`] |
+//! | `WordExplanationRequested` (GenerationRequest) | `engine-queue` | `GenerateWordExplain` | [`GenerationJob`] |
+//! | `EmailDraftRequested` (GenerationRequest) | `engine-queue` | `GenerateEmailDraft` | [`GenerationJob`] |
+//!
 //! The message id is the event's `event_id`, the correlation id the command's.
-//! The domain has no events yet that request sentence, split-sentence or word-explanation
-//! generation; those requests get rows here when it does.
 //!
 //! # Delivery: at-least-once, and no duplicates on the queue
 //!
@@ -28,15 +31,19 @@
 //! event must not stop every later request (the read models halt on it and report it).
 
 use crate::bus::{Bus, BusError, OutgoingMessage, QueueName};
-use crate::contracts::{TutorReplyRequest, TutorTask, TUTOR_REQUEST_TTL_SECONDS};
+use crate::contracts::{
+    engine, GenerationJob, TutorReplyRequest, TutorTask, TUTOR_REQUEST_TTL_SECONDS,
+};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgPool, Postgres};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use teachin_domain::ids::TutorSessionId;
+use teachin_domain::generation::GenerationEvent;
+use teachin_domain::ids::{RequestId, TutorSessionId};
 use teachin_domain::tutor_session::TutorSessionEvent;
+use teachin_domain::vocabulary::GameType;
 use teachin_projections::checkpoint;
 use teachin_projections::log::{read_after, EventLog, LogPosition, LoggedEvent};
 use tokio::sync::watch;
@@ -228,10 +235,14 @@ impl OutboxRelay {
             .collect();
         let mut messages = Vec::new();
         for event in events {
+            if event.aggregate_type == "GenerationRequest" {
+                messages.extend(generation_message(event));
+                continue;
+            }
             if event.aggregate_type != "TutorSession" || event.event_type != "AiReplyRequested" {
                 continue;
             }
-            let Some(request_id) = decoded(event).and_then(|e| match e {
+            let Some(request_id) = decoded::<TutorSessionEvent>(event).and_then(|e| match e {
                 TutorSessionEvent::AiReplyRequested { request_id } => Some(request_id),
                 _ => None,
             }) else {
@@ -246,7 +257,7 @@ impl OutboxRelay {
                     .into_iter()
                     .find(|e| e.sequence == event.sequence - 1),
             };
-            let task = match origin.as_ref().and_then(decoded) {
+            let task = match origin.as_ref().and_then(decoded::<TutorSessionEvent>) {
                 Some(TutorSessionEvent::StudentMessagePosted {
                     request_id: asked,
                     page_context,
@@ -283,27 +294,65 @@ impl OutboxRelay {
                 requested_at: event.recorded_at,
                 ttl_seconds: TUTOR_REQUEST_TTL_SECONDS,
             };
-            let mut message = OutgoingMessage::new(
+            let message = OutgoingMessage::new(
                 event.event_id.to_string(),
                 task.action(),
                 serde_json::to_value(&request).expect("a request serializes"),
             );
-            if let Some(correlation) = event
-                .metadata
-                .get("correlation_id")
-                .and_then(|v| v.as_str())
-            {
-                message = message.with_correlation_id(correlation);
-            }
-            messages.push((QueueName::Engine, message));
+            messages.push((QueueName::Engine, with_correlation(message, event)));
         }
         Ok(messages)
     }
 }
 
-/// A tutor-session event decoded to its current type; `None` (logged) if it does not decode.
-fn decoded(event: &LoggedEvent) -> Option<TutorSessionEvent> {
-    match event.decode::<TutorSessionEvent>() {
+/// The `engine-queue` message a generation request's event asks for, if any.
+fn generation_message(event: &LoggedEvent) -> Option<(QueueName, OutgoingMessage)> {
+    let action = match decoded::<GenerationEvent>(event)? {
+        GenerationEvent::SentencesRequested {
+            game_type: GameType::WordOrder,
+            ..
+        } => engine::GENERATE_SPLIT_SENTENCES,
+        GenerationEvent::SentencesRequested { .. } => engine::GENERATE_SENTENCES,
+        GenerationEvent::WordExplanationRequested { .. } => engine::GENERATE_WORD_EXPLAIN,
+        GenerationEvent::EmailDraftRequested { .. } => engine::GENERATE_EMAIL_DRAFT,
+        _ => return None,
+    };
+    let Ok(request_id) = event.aggregate_id.parse::<RequestId>() else {
+        tracing::error!(event_id = %event.event_id, "outbox relay: generation request id is not a UUID");
+        return None;
+    };
+    let job = GenerationJob {
+        request_id,
+        requested_at: event.recorded_at,
+    };
+    Some((
+        QueueName::Engine,
+        with_correlation(
+            OutgoingMessage::new(
+                event.event_id.to_string(),
+                action,
+                serde_json::to_value(job).expect("a job serializes"),
+            ),
+            event,
+        ),
+    ))
+}
+
+/// The message with the correlation id of the command that appended `event`.
+fn with_correlation(message: OutgoingMessage, event: &LoggedEvent) -> OutgoingMessage {
+    match event
+        .metadata
+        .get("correlation_id")
+        .and_then(|v| v.as_str())
+    {
+        Some(correlation) => message.with_correlation_id(correlation),
+        None => message,
+    }
+}
+
+/// An event decoded to its current type; `None` (logged) if it does not decode.
+fn decoded<E: serde::de::DeserializeOwned>(event: &LoggedEvent) -> Option<E> {
+    match event.decode::<E>() {
         Ok(decoded) => Some(decoded),
         Err(error) => {
             tracing::error!(event_id = %event.event_id, %error, "outbox relay: event does not decode; not relayed");

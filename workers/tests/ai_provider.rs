@@ -1,121 +1,24 @@
 //! The OpenAI-compatible provider (and its Azure OpenAI form) against an HTTP server started
-//! by each test, which speaks the chat-completions protocol: real SSE chunks over chunked
-//! HTTP (split mid-character, too), a 429 with `Retry-After`, 5xx, a refusal, and a stream
-//! that breaks off — before and after part of the answer was delivered.
+//! by each test ([`teachin_workers::testing::LlmServer`]), which speaks the chat-completions
+//! protocol: real SSE chunks over chunked HTTP (split mid-character, too), a 429 with
+//! `Retry-After`, 5xx, a refusal, and a stream that breaks off — before and after part of the
+//! answer was delivered.
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use teachin_workers::ai::openai::{Endpoint, OpenAiCompatible, RetryPolicy};
 use teachin_workers::ai::{
     AiError, AiProvider, ChatMessage, ChatRequest, Speaker, StreamEvent, ToolCall, ToolSpec, Usage,
 };
+use teachin_workers::testing::{LlmReply, LlmServer, StreamEnd};
 
-/// What the server answers to one request.
-#[derive(Clone)]
-enum Reply {
-    Status {
-        code: u16,
-        retry_after: Option<&'static str>,
-    },
-    /// These bytes as the body, chunk by chunk; then the connection breaks if `cut`.
-    Stream { chunks: Vec<Vec<u8>>, cut: bool },
-}
-
-#[derive(Clone, Debug)]
-struct Seen {
-    path: String,
-    query: Option<String>,
-    headers: HeaderMap,
-    body: Value,
-}
-
-#[derive(Clone, Default)]
-struct Script {
-    replies: Arc<Mutex<VecDeque<Reply>>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-async fn serve(
-    State(script): State<Script>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    script.seen.lock().unwrap().push(Seen {
-        path: uri.path().to_string(),
-        query: uri.query().map(str::to_string),
-        headers,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    });
-    let reply = script
-        .replies
-        .lock()
-        .unwrap()
-        .pop_front()
-        .expect("the test scripted a reply for every request");
-    match reply {
-        Reply::Status { code, retry_after } => {
-            let mut response = (
-                StatusCode::from_u16(code).unwrap(),
-                json!({"error": {"message": "scripted"}}).to_string(),
-            )
-                .into_response();
-            if let Some(value) = retry_after {
-                response
-                    .headers_mut()
-                    .insert("retry-after", value.parse().unwrap());
-            }
-            response
-        }
-        Reply::Stream { chunks, cut } => {
-            let mut items: Vec<Result<Bytes, std::io::Error>> =
-                chunks.into_iter().map(|c| Ok(Bytes::from(c))).collect();
-            if cut {
-                items.push(Err(std::io::Error::other("the server went away")));
-            }
-            // A pause between chunks, so they travel as separate HTTP chunks.
-            let stream = futures::stream::unfold(items.into_iter(), |mut items| async move {
-                let item = items.next()?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                Some((item, items))
-            });
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(Body::from_stream(stream))
-                .unwrap()
-        }
+/// A server that answers with `replies`, in order.
+async fn start(replies: Vec<LlmReply>) -> LlmServer {
+    let server = LlmServer::start().await;
+    for reply in replies {
+        server.push(reply);
     }
-}
-
-async fn start(replies: Vec<Reply>) -> (String, Script) {
-    let script = Script::default();
-    script.replies.lock().unwrap().extend(replies);
-    let app = Router::new().fallback(serve).with_state(script.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), script)
-}
-
-fn sse(events: &[Value]) -> Vec<u8> {
-    let mut text = String::new();
-    for event in events {
-        text.push_str(&format!("data: {event}\n\n"));
-    }
-    text.push_str("data: [DONE]\n\n");
-    text.into_bytes()
-}
-
-/// Cuts `bytes` into pieces of `size` bytes — through the middle of Hebrew letters.
-fn pieces(bytes: Vec<u8>, size: usize) -> Vec<Vec<u8>> {
-    bytes.chunks(size).map(<[u8]>::to_vec).collect()
+    server
 }
 
 fn answer_events() -> Vec<Value> {
@@ -192,12 +95,8 @@ fn text_of(events: &[StreamEvent]) -> String {
 
 #[tokio::test]
 async fn streams_text_then_returns_the_answer_with_tool_calls_usage_and_model() {
-    let (base, script) = start(vec![Reply::Stream {
-        chunks: pieces(sse(&answer_events()), 7),
-        cut: false,
-    }])
-    .await;
-    let provider = provider(&base, fast_retries(3));
+    let server = start(vec![LlmReply::events(&answer_events()).in_pieces(7)]).await;
+    let provider = provider(server.url(), fast_retries(3));
     let (result, events) = complete(&provider).await;
     let completion = result.unwrap();
     assert_eq!(text_of(&events), "Shalom, שלום עולם");
@@ -223,7 +122,7 @@ async fn streams_text_then_returns_the_answer_with_tool_calls_usage_and_model() 
     assert_eq!(completion.model, "llama-test");
     assert_eq!(completion.finish_reason.as_deref(), Some("tool_calls"));
 
-    let seen = script.seen.lock().unwrap().clone();
+    let seen = server.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/v1/chat/completions");
     assert_eq!(seen[0].headers["authorization"], "Bearer sk-test");
@@ -244,19 +143,13 @@ async fn streams_text_then_returns_the_answer_with_tool_calls_usage_and_model() 
 
 #[tokio::test]
 async fn a_429_is_retried_after_the_time_it_asks_for() {
-    let (base, script) = start(vec![
-        Reply::Status {
-            code: 429,
-            retry_after: Some("1"),
-        },
-        Reply::Stream {
-            chunks: vec![sse(&answer_events())],
-            cut: false,
-        },
+    let server = start(vec![
+        LlmReply::status_retry_after(429, "1"),
+        LlmReply::events(&answer_events()),
     ])
     .await;
     // The back-off alone would retry after 10 ms; Retry-After says a second.
-    let provider = provider(&base, fast_retries(3));
+    let provider = provider(server.url(), fast_retries(3));
     let started = Instant::now();
     let (result, events) = complete(&provider).await;
     assert_eq!(result.unwrap().text, "Shalom, שלום עולם");
@@ -265,7 +158,7 @@ async fn a_429_is_retried_after_the_time_it_asks_for() {
         "Shalom, שלום עולם",
         "nothing streamed twice"
     );
-    assert_eq!(script.seen.lock().unwrap().len(), 2);
+    assert_eq!(server.seen().len(), 2);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "waited as asked"
@@ -274,15 +167,8 @@ async fn a_429_is_retried_after_the_time_it_asks_for() {
 
 #[tokio::test]
 async fn server_errors_are_retried_until_the_attempts_run_out() {
-    let (base, script) = start(vec![
-        Reply::Status {
-            code: 503,
-            retry_after: None,
-        };
-        3
-    ])
-    .await;
-    let (result, events) = complete(&provider(&base, fast_retries(3))).await;
+    let server = start(vec![LlmReply::status(503); 3]).await;
+    let (result, events) = complete(&provider(server.url(), fast_retries(3))).await;
     match result {
         Err(AiError::Unavailable {
             status: 503,
@@ -292,33 +178,29 @@ async fn server_errors_are_retried_until_the_attempts_run_out() {
         other => panic!("expected Unavailable after 3 attempts, got {other:?}"),
     }
     assert!(events.is_empty());
-    assert_eq!(script.seen.lock().unwrap().len(), 3);
+    assert_eq!(server.seen().len(), 3);
 }
 
 #[tokio::test]
 async fn a_refusal_is_not_retried() {
-    let (base, script) = start(vec![Reply::Status {
-        code: 400,
-        retry_after: None,
-    }])
-    .await;
-    let (result, _) = complete(&provider(&base, fast_retries(3))).await;
+    let server = start(vec![LlmReply::status(400)]).await;
+    let (result, _) = complete(&provider(server.url(), fast_retries(3))).await;
     assert!(
         matches!(result, Err(AiError::Refused { status: 400, .. })),
         "{result:?}"
     );
-    assert_eq!(script.seen.lock().unwrap().len(), 1);
+    assert_eq!(server.seen().len(), 1);
 }
 
 #[tokio::test]
 async fn a_stream_cut_after_text_was_delivered_is_an_interruption_not_a_retry() {
     let events = answer_events();
-    let (base, script) = start(vec![Reply::Stream {
+    let server = start(vec![LlmReply::Stream {
         chunks: vec![format!("data: {}\n\ndata: {}\n\n", events[1], events[2]).into_bytes()],
-        cut: true,
+        end: StreamEnd::Cut,
     }])
     .await;
-    let (result, streamed) = complete(&provider(&base, fast_retries(3))).await;
+    let (result, streamed) = complete(&provider(server.url(), fast_retries(3))).await;
     assert!(matches!(result, Err(AiError::Interrupted(_))), "{result:?}");
     assert_eq!(
         text_of(&streamed),
@@ -326,7 +208,7 @@ async fn a_stream_cut_after_text_was_delivered_is_an_interruption_not_a_retry() 
         "what came before the cut was delivered"
     );
     assert_eq!(
-        script.seen.lock().unwrap().len(),
+        server.seen().len(),
         1,
         "not retried: the text is already out"
     );
@@ -335,45 +217,38 @@ async fn a_stream_cut_after_text_was_delivered_is_an_interruption_not_a_retry() 
 #[tokio::test]
 async fn a_stream_cut_before_any_text_is_retried() {
     let events = answer_events();
-    let (base, script) = start(vec![
-        Reply::Stream {
+    let server = start(vec![
+        LlmReply::Stream {
             chunks: vec![format!("data: {}\n\n", events[0]).into_bytes()],
-            cut: true,
+            end: StreamEnd::Cut,
         },
-        Reply::Stream {
-            chunks: vec![sse(&events)],
-            cut: false,
-        },
+        LlmReply::events(&events),
     ])
     .await;
-    let (result, streamed) = complete(&provider(&base, fast_retries(3))).await;
+    let (result, streamed) = complete(&provider(server.url(), fast_retries(3))).await;
     assert_eq!(result.unwrap().text, "Shalom, שלום עולם");
     assert_eq!(text_of(&streamed), "Shalom, שלום עולם");
-    assert_eq!(script.seen.lock().unwrap().len(), 2);
+    assert_eq!(server.seen().len(), 2);
 }
 
 #[tokio::test]
 async fn a_stream_that_ends_without_finishing_is_an_interruption() {
     let events = answer_events();
-    let (base, _) = start(vec![Reply::Stream {
+    let server = start(vec![LlmReply::Stream {
         chunks: vec![format!("data: {}\n\n", events[1]).into_bytes()],
-        cut: false,
+        end: StreamEnd::Done,
     }])
     .await;
-    let (result, _) = complete(&provider(&base, fast_retries(1))).await;
+    let (result, _) = complete(&provider(server.url(), fast_retries(1))).await;
     assert!(matches!(result, Err(AiError::Interrupted(_))), "{result:?}");
 }
 
 #[tokio::test]
 async fn azure_openai_is_addressed_by_deployment_with_its_api_key() {
-    let (base, script) = start(vec![Reply::Stream {
-        chunks: vec![sse(&answer_events())],
-        cut: false,
-    }])
-    .await;
+    let server = start(vec![LlmReply::events(&answer_events())]).await;
     let provider = OpenAiCompatible::new(
         Endpoint::Azure {
-            endpoint: format!("{base}/"),
+            endpoint: format!("{}/", server.url()),
             deployment: "tutor-gpt".into(),
             api_version: "2024-10-21".into(),
             api_key: "azure-key".into(),
@@ -387,7 +262,7 @@ async fn azure_openai_is_addressed_by_deployment_with_its_api_key() {
         "llama-test",
         "the model the service names wins"
     );
-    let seen = script.seen.lock().unwrap().clone();
+    let seen = server.seen();
     assert_eq!(
         seen[0].path,
         "/openai/deployments/tutor-gpt/chat/completions"

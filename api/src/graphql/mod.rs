@@ -9,6 +9,7 @@
 
 mod auth;
 mod classes;
+mod generation;
 mod insights;
 mod learning;
 mod media;
@@ -125,6 +126,7 @@ pub struct Mutation(
     practice::PracticeMutation,
     learning::LearningMutation,
     media::MediaMutation,
+    generation::GenerationMutation,
 );
 
 #[derive(MergedSubscription, Default)]
