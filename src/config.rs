@@ -75,6 +75,10 @@ pub struct Settings {
     pub avatars: Option<teachin_workers::media::AvatarSettings>,
     /// Azure Speech (`Speech__Key`, `Speech__Region`); `None` without a key.
     pub speech: Option<teachin_workers::speech::SpeechSettings>,
+    /// The AI provider the engine writes with (`AZURE_OPENAI_*`, `OPENAI_*`; offline without).
+    pub ai: teachin_workers::engine::settings::AiSettings,
+    /// The tutor's web-search tool (`TAVILY_API_KEY`; off without).
+    pub web_search: teachin_workers::engine::settings::WebSearchSettings,
     /// SMTP for `SendEmail` jobs (`BREVO_*`); `None` without `BREVO_SMTP_HOST`, and then the
     /// accessor does not consume `accessor-queue`.
     pub email: Option<teachin_workers::email::EmailSettings>,
@@ -312,6 +316,14 @@ impl<'a> SettingsSource<'a> {
             login_budget,
             refresh_budget,
             azure_signalr,
+            ai: teachin_workers::engine::settings::AiSettings::from_lookup(|name| {
+                self.first(&[name]).map(|(_, v)| v)
+            })
+            .map_err(|e| ConfigError::new(e.name, e.problem))?,
+            web_search: teachin_workers::engine::settings::WebSearchSettings::from_lookup(|name| {
+                self.first(&[name]).map(|(_, v)| v)
+            })
+            .map_err(|e| ConfigError::new(e.name, e.problem))?,
             bus: self.bus()?,
             avatars: self.avatars(local)?,
             speech: self.speech()?,

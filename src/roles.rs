@@ -79,6 +79,23 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
         let app = match role {
             Role::Manager => {
                 let (app, fanout, hub) = manager(settings, pool.clone()).await?;
+                // The engine's results become commands here; its streamed frames go, in
+                // order, to the student's hub connections.
+                let callbacks = teachin_workers::CallbackDeps {
+                    pool: pool.clone(),
+                    bus: teachin_workers::bus::connect(&settings.bus, pool.clone())
+                        .context("the message bus")?,
+                    commands: command_bus(settings, pool.clone()),
+                    push: std::sync::Arc::new(hub.clone()),
+                    settings: teachin_workers::CallbackSettings::default(),
+                };
+                servers.spawn({
+                    let stop = stop_rx.clone();
+                    async move {
+                        teachin_workers::run_manager_callbacks(callbacks, stop).await;
+                        Ok(())
+                    }
+                });
                 servers.spawn({
                     let (url, stop) = (settings.redis_url.clone(), stop_rx.clone());
                     async move {
@@ -101,15 +118,27 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
             }
             Role::Accessor => teachin_api::health::router(role.name(), pool.clone(), None)
                 .merge(teachin_api::metrics::router(pool.clone())),
-            Role::Engine => teachin_api::health::router(role.name(), pool.clone(), None).merge(
-                teachin_api::metrics::router_with(
-                    pool.clone(),
-                    Some(
-                        teachin_api::metrics::ApiMetrics::default()
-                            .with_extra(queue_metrics(settings, pool.clone())?),
-                    ),
-                ),
-            ),
+            Role::Engine => {
+                let engine = teachin_workers::EngineDeps {
+                    pool: pool.clone(),
+                    bus: teachin_workers::bus::connect(&settings.bus, pool.clone())
+                        .context("the message bus")?,
+                    commands: command_bus(settings, pool.clone()),
+                    provider: settings.ai.provider(),
+                    settings: teachin_workers::EngineSettings {
+                        web_search: settings.web_search.clone(),
+                        ..Default::default()
+                    },
+                };
+                servers.spawn({
+                    let stop = stop_rx.clone();
+                    async move {
+                        teachin_workers::run_engine(engine, stop).await;
+                        Ok(())
+                    }
+                });
+                engine_routes(settings, pool.clone())?
+            }
         };
         tracing::info!(role = role.name(), %addr, "listening");
         let mut stop = stop_rx.clone();
@@ -234,13 +263,7 @@ async fn manager(
     );
     hub.set_display_names(read.clone());
     let state = ApiState {
-        bus: teachin_commands::command_bus(
-            pool.clone(),
-            teachin_commands::PortSecrets {
-                claims_hash_key: settings.lookup_hash_key.clone(),
-            },
-            teachin_commands::BusSettings::default(),
-        ),
+        bus: command_bus(settings, pool.clone()),
         read,
         replay: teachin_projections::replay::SessionReplay::new(pool.clone()),
         analytics: teachin_projections::analytics::Analytics::new(pool.clone()),
@@ -300,6 +323,32 @@ async fn manager(
         Some(redis.clone()),
     ));
     Ok((app, fanout, hub))
+}
+
+/// The engine's own routes: health, and `/metrics` with the queue gauges it scales on.
+fn engine_routes(settings: &Settings, pool: PgPool) -> anyhow::Result<axum::Router> {
+    Ok(
+        teachin_api::health::router(Role::Engine.name(), pool.clone(), None).merge(
+            teachin_api::metrics::router_with(
+                pool.clone(),
+                Some(
+                    teachin_api::metrics::ApiMetrics::default()
+                        .with_extra(queue_metrics(settings, pool)?),
+                ),
+            ),
+        ),
+    )
+}
+
+/// The command bus every role issues commands through.
+fn command_bus(settings: &Settings, pool: PgPool) -> teachin_commands::CommandBus {
+    teachin_commands::command_bus(
+        pool,
+        teachin_commands::PortSecrets {
+            claims_hash_key: settings.lookup_hash_key.clone(),
+        },
+        teachin_commands::BusSettings::default(),
+    )
 }
 
 /// The queue gauges for `/metrics`, read from the configured bus at each scrape.

@@ -1223,3 +1223,102 @@ async fn the_stock_signalr_client_receives_a_push_caused_by_a_mutation() {
     };
     assert!(push["args"][0].is_object(), "{push}");
 }
+
+#[tokio::test]
+async fn a_tutor_message_is_answered_by_the_engine_streamed_to_signalr_and_recorded() {
+    use teachin_workers::testing::llm::{LlmReply, LlmServer};
+    let llm = LlmServer::start().await;
+    let pieces = [
+        "שלום! ",
+        "Hello, I am your tutor. ",
+        "Let us practise the present tense together: ",
+        "אני לומד, את לומדת, הוא לומד. ",
+        "Try a sentence of your own and I will check it.",
+    ];
+    let answer: String = pieces.concat();
+    llm.otherwise(LlmReply::answer("test-model", &pieces, (21, 34)));
+    let base = format!("{}/v1", llm.url());
+    let app = RunningApp::start_with(&[
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("OPENAI_MODEL", "test-model"),
+    ])
+    .await;
+    let mut student = Portal::new(&app);
+    let address = email("lior");
+    student.sign_up("Lior", &address).await;
+    student.login(&address).await;
+    let (_child, mut events) = signalr_client(&app, student.token.as_deref().unwrap()).await;
+    assert_eq!(next_event(&mut events).await["event"], "connected");
+
+    // GraphQL → TutorSession event → outbox relay → engine-queue → engine (the test LLM)
+    // → frames on the session queue → the manager's callbacks → the student's hub socket.
+    let r = student
+        .gql(
+            "mutation { sendTutorMessage(kind: DEFAULT, text: \"How do I use the present tense?\") { sessionId requestId } }",
+            json!({}),
+        )
+        .await;
+    let session = r["data"]["sendTutorMessage"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+    let mut streamed = String::new();
+    let mut sequences = Vec::new();
+    loop {
+        let e = next_event(&mut events).await;
+        if e["event"] != "message" || e["method"] != "StreamEvent" {
+            continue;
+        }
+        let frame = &e["args"][0];
+        let payload = &frame["payload"];
+        sequences.push(payload["sequence"].as_i64().unwrap());
+        if payload["isFinal"] == true {
+            break;
+        }
+        streamed.push_str(payload["delta"].as_str().unwrap_or(""));
+    }
+    assert!(
+        sequences.len() >= 2,
+        "the answer came in several frames: {sequences:?}"
+    );
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "in order: {sequences:?}"
+    );
+    assert_eq!(streamed, answer);
+
+    // The final answer is an event: in the read model and in the replay.
+    eventually("the reply in the read model", || async {
+        let r = student
+            .gql(
+                "query($id: UUID!) { tutorSession(id: $id) { messages { role text } } }",
+                json!({ "id": session }),
+            )
+            .await;
+        let messages = r["data"]["tutorSession"]["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        messages
+            .iter()
+            .any(|m| m["text"] == answer.as_str())
+            .then_some(())
+    })
+    .await;
+    let r = student
+        .gql("query($id: UUID!) { sessionReplay(sessionType: TUTOR, id: $id) { history { eventType actor } state { view } } }", json!({ "id": session }))
+        .await;
+    let history = r["data"]["sessionReplay"]["history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
+    let completed = history
+        .iter()
+        .find(|e| e["eventType"] == "AiReplyCompleted")
+        .unwrap_or_else(|| panic!("no AiReplyCompleted in {r}"));
+    assert_eq!(completed["actor"], "system");
+    assert!(llm
+        .seen()
+        .iter()
+        .any(|req| req.text().contains("present tense")));
+}

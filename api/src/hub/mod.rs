@@ -51,6 +51,7 @@
 //! - `presence` — online users in Redis with leases.
 //! - `feed` — [`run_feed`]: the Redis subscriptions and presence upkeep.
 //! - `azure` — [`AzureSignalR`]: connection string, negotiate redirect, REST pushes.
+//! - `stream` — the hub as the `StreamPush` of streamed tutor replies (`StreamEvent`).
 
 mod azure;
 mod connection;
@@ -59,6 +60,7 @@ mod notification_hub;
 mod presence;
 pub mod protocol;
 mod registry;
+mod stream;
 mod transport;
 
 pub use azure::{AzureError, AzureSignalR, Redirect, AZURE_HUB};
@@ -68,6 +70,7 @@ pub use notification_hub::{
     USER_OFFLINE, USER_ONLINE,
 };
 pub use presence::OnlineUser;
+pub use stream::STREAM_EVENT;
 pub use teachin_projections::feed::ADMINS_GROUP;
 
 use axum::routing::{get, post};
