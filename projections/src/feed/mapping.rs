@@ -7,6 +7,7 @@ use crate::log::LoggedEvent;
 use serde_json::{json, Value};
 use teachin_domain::achievements::{achievement, AchievementEvent, AchievementProgress};
 use teachin_domain::classroom::{Classroom, ClassroomEvent};
+use teachin_domain::generation::{GenerationEvent, GenerationRequest};
 use teachin_domain::ids::UserId;
 use teachin_domain::personal_data::Sealed;
 use teachin_domain::practice::{Exercise, ExerciseEvent};
@@ -19,7 +20,7 @@ use cqrs_es::Aggregate;
 
 /// What the mapping needs to know beyond the event itself.
 pub trait FeedLookup {
-    /// The student a tutor session belongs to (by aggregate id).
+    /// The person a tutor session or a generation request belongs to (by aggregate id).
     fn session_owner(&self, session_id: &str) -> Option<UserId>;
     /// The plaintext of a sealed value, `None` when its subject was erased. Only values named
     /// by [`sealed_to_open`] are asked for.
@@ -56,6 +57,15 @@ pub fn sealed_to_open(event: &LoggedEvent) -> Vec<Sealed> {
     if let Some(TutorSessionEvent::AiReplyCompleted { text, .. }) = decoded::<TutorSession>(event) {
         return vec![text];
     }
+    match decoded::<GenerationRequest>(event) {
+        Some(GenerationEvent::WordExplained {
+            definition,
+            explanation,
+            ..
+        }) => return vec![definition, explanation],
+        Some(GenerationEvent::EmailDrafted { subject, body, .. }) => return vec![subject, body],
+        _ => {}
+    }
     if let Some(UserEvent::UserRegistered {
         first_name,
         last_name,
@@ -67,12 +77,19 @@ pub fn sealed_to_open(event: &LoggedEvent) -> Vec<Sealed> {
     Vec::new()
 }
 
-/// `(session id, student)` when `event` starts a tutor session: what the feed remembers in
-/// `feed_session_owners`.
+/// `(stream id, person)` when `event` starts a tutor session or a generation request: what
+/// the feed remembers in `feed_session_owners`, to address the results that follow.
 pub fn session_started(event: &LoggedEvent) -> Option<(String, UserId)> {
-    match decoded::<TutorSession>(event)? {
-        TutorSessionEvent::TutorSessionStarted { student, .. } => {
-            Some((event.aggregate_id.clone(), student))
+    if let Some(TutorSessionEvent::TutorSessionStarted { student, .. }) =
+        decoded::<TutorSession>(event)
+    {
+        return Some((event.aggregate_id.clone(), student));
+    }
+    match decoded::<GenerationRequest>(event)? {
+        GenerationEvent::SentencesRequested { requester, .. }
+        | GenerationEvent::WordExplanationRequested { requester, .. }
+        | GenerationEvent::EmailDraftRequested { requester, .. } => {
+            Some((event.aggregate_id.clone(), requester))
         }
         _ => None,
     }
@@ -87,6 +104,7 @@ pub fn notifications_for(event: &LoggedEvent, lookup: &dyn FeedLookup) -> Vec<No
         t if t == TeacherStudents::TYPE => teaching_pushes(event),
         t if t == Classroom::TYPE => classroom_pushes(event),
         t if t == User::TYPE => user_pushes(event, lookup),
+        t if t == GenerationRequest::TYPE => generation_pushes(event, lookup),
         _ => Vec::new(),
     };
     pushes
@@ -203,6 +221,60 @@ fn tutor_pushes(
         RECEIVE_EVENT,
         receive_event("ChatAiAnswer", payload),
     )]
+}
+
+/// Word explanations and email drafts reach their requester as the original's `ReceiveEvent`s;
+/// a failed request as an error message (sentences arrive through `ExerciseGenerated`).
+fn generation_pushes(
+    event: &LoggedEvent,
+    lookup: &dyn FeedLookup,
+) -> Vec<(Target, &'static str, Value)> {
+    let Some(decoded) = decoded::<GenerationRequest>(event) else {
+        return Vec::new();
+    };
+    let request_id = &event.aggregate_id;
+    let (method, payload) = match decoded {
+        GenerationEvent::WordExplained {
+            definition,
+            explanation,
+            ..
+        } => (
+            RECEIVE_EVENT,
+            receive_event(
+                "WordExplain",
+                json!({
+                    "id": request_id,
+                    "definition": opened(lookup, &definition),
+                    "explanation": opened(lookup, &explanation),
+                }),
+            ),
+        ),
+        GenerationEvent::EmailDrafted { subject, body, .. } => (
+            RECEIVE_EVENT,
+            receive_event(
+                "EmailDraftGenerated",
+                json!({
+                    "requestId": request_id,
+                    "subject": opened(lookup, &subject),
+                    "body": opened(lookup, &body),
+                }),
+            ),
+        ),
+        GenerationEvent::GenerationFailed { reason, .. } => (
+            NOTIFICATION_MESSAGE,
+            message(
+                event,
+                "The AI could not prepare what you asked for; please try again.".into(),
+                json!({ "type": "Error", "requestId": request_id, "reason": reason }),
+            ),
+        ),
+        _ => return Vec::new(),
+    };
+    let Some(requester) = lookup.session_owner(request_id) else {
+        tracing::warn!(request = %request_id, "realtime feed: result of a request never seen; not pushed");
+        return Vec::new();
+    };
+    vec![(Target::User(requester), method, payload)]
 }
 
 fn exercise_pushes(event: &LoggedEvent) -> Vec<(Target, &'static str, Value)> {
@@ -359,6 +431,79 @@ mod tests {
             metadata: json!({"issued_by": "system"}),
             recorded_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn generation_results_go_to_their_requester_remembered_from_the_request() {
+        use teachin_domain::generation::AiUsage;
+        let requester = UserId::new();
+        let request = Uuid::new_v4().to_string();
+        let seal = |c: &str| Sealed {
+            subject: requester,
+            ciphertext: c.into(),
+        };
+        let requested = logged(
+            "GenerationRequest",
+            request.clone(),
+            serde_json::to_value(GenerationEvent::WordExplanationRequested {
+                requester,
+                word: seal("w"),
+                context: seal("c"),
+            })
+            .unwrap(),
+        );
+        assert_eq!(
+            session_started(&requested),
+            Some((request.clone(), requester))
+        );
+        let usage = AiUsage {
+            model: "m".into(),
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            latency_ms: 3,
+        };
+        let explained = logged(
+            "GenerationRequest",
+            request.clone(),
+            serde_json::to_value(GenerationEvent::WordExplained {
+                definition: seal("d"),
+                explanation: seal("e"),
+                usage,
+            })
+            .unwrap(),
+        );
+        assert_eq!(sealed_to_open(&explained), vec![seal("d"), seal("e")]);
+        let mut lookup = Lookup::default();
+        assert!(
+            notifications_for(&explained, &lookup).is_empty(),
+            "no requester known"
+        );
+        lookup.owners.insert(request.clone(), requester);
+        lookup.texts.insert("d".into(), "book".into());
+        lookup.texts.insert("e".into(), "a thing you read".into());
+        let pushes = notifications_for(&explained, &lookup);
+        assert_eq!(pushes.len(), 1);
+        assert_eq!(pushes[0].target, Target::User(requester));
+        assert_eq!(
+            pushes[0].payload,
+            json!({"eventType": "WordExplain", "payload": {
+                "id": request, "definition": "book", "explanation": "a thing you read"
+            }})
+        );
+        let failed = logged(
+            "GenerationRequest",
+            request.clone(),
+            serde_json::to_value(GenerationEvent::GenerationFailed {
+                reason: "model refused".into(),
+                model: None,
+                latency_ms: 5,
+            })
+            .unwrap(),
+        );
+        let pushes = notifications_for(&failed, &lookup);
+        assert_eq!(pushes[0].method, "NotificationMessage");
+        assert_eq!(pushes[0].payload["type"], "Error");
+        assert_eq!(pushes[0].payload["requestId"], request.as_str());
     }
 
     #[test]

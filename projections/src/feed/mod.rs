@@ -39,9 +39,13 @@
 //! | `MemberRemoved` (Classroom) | `NotificationMessage` | the former member | `{message, type:"Info", timestamp, classroomId}` |
 //! | `RoleChanged` (User) | `NotificationMessage` | the user | `{message, type:"Info", timestamp}` |
 //! | `UserRegistered` (User) | `NotificationMessage` | group `Admins` | `{message (role and opened name), type:"Info", timestamp, userId, role}` |
+//! | `WordExplained` (GenerationRequest) | `ReceiveEvent` | the requester | `{eventType:"WordExplain", payload:{id, definition, explanation}}` (opened) |
+//! | `EmailDrafted` (GenerationRequest) | `ReceiveEvent` | the requester | `{eventType:"EmailDraftGenerated", payload:{requestId, subject, body}}` (opened) |
+//! | `GenerationFailed` (GenerationRequest) | `NotificationMessage` | the requester | `{message, type:"Error", timestamp, requestId, reason}` |
 //! | anything else | — | — | nothing |
 //!
-//! The session's student is known from `TutorSessionStarted`; the feed keeps it in its own
+//! The session's student is known from `TutorSessionStarted`, a request's requester from its
+//! `…Requested` event; the feed keeps them in its own
 //! table, `public.feed_session_owners`, written in the transaction that moves its checkpoint,
 //! so it depends on no other projection's progress. Personal data is opened with the
 //! [`KeyRing`](crate::KeyRing); an erased person's text shows as `[erased]`.
