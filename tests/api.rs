@@ -620,6 +620,7 @@ async fn authorization_matrix_every_operation_against_every_kind_of_caller() {
         ("requestAvatarUpload", "mutation($s: UUID!) { requestAvatarUpload(userId: $s, contentType: \"image/png\", size: 100) { path } }", SELF_ADMIN),
         ("confirmAvatarUpload", "mutation($s: UUID!, $avatar: String!) { confirmAvatarUpload(userId: $s, path: $avatar) { id } }", SELF_ADMIN),
         ("removeAvatar", "mutation($s: UUID!) { removeAvatar(userId: $s) { id } }", SELF_ADMIN),
+        ("sendEmail", "mutation { sendEmail(recipientEmail: \"parent@example.com\", subject: \"Parents' evening\", body: \"<p>שלום</p>\") { id } }", TEACHERS_ADMIN),
         ("deleteClass", "mutation($c: UUID!) { deleteClass(classId: $c) { id } }", CLASS_TEACHER_ADMIN),
         ("eraseUser", "mutation($s: UUID!) { eraseUser(userId: $s) { id } }", SELF_ADMIN),
     ];

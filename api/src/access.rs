@@ -166,6 +166,8 @@ pub const RULES: &[(&str, Rule)] = &[
     ("requestAvatarUpload", Rule::SelfOrAdmin),
     ("confirmAvatarUpload", Rule::SelfOrAdmin),
     ("removeAvatar", Rule::SelfOrAdmin),
+    // Mutations: email.
+    ("sendEmail", Rule::TeacherOrAdmin),
     // Subscriptions.
     ("notifications", Rule::SignedIn),
     ("sessionReplayStream", Rule::SelfTeacherOrAdmin),

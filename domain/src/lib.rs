@@ -18,6 +18,7 @@ pub mod achievements;
 pub mod classroom;
 pub mod game_config;
 pub mod generation;
+pub mod outgoing_email;
 pub mod practice;
 pub mod teaching;
 pub mod tutor_session;

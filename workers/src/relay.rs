@@ -17,6 +17,14 @@
 //! | `WordExplanationRequested` (GenerationRequest) | `engine-queue` | `GenerateWordExplain` | [`GenerationJob`] |
 //! | `EmailDraftRequested` (GenerationRequest) | `engine-queue` | `GenerateEmailDraft` | [`GenerationJob`] |
 //!
+//! | `EmailQueued` (OutgoingEmail) | `accessor-queue` | `SendEmail` | [`SendEmail`], opened |
+//!
+//! An email is the one message that carries personal data: the accessor has no access to
+//! the log, so the relay opens the sealed address, subject and body with the sender's key
+//! (the [`KeyRing`] projections use) and puts the plaintext on the queue. An email whose
+//! sender was erased before it was relayed opens to nothing and is logged and skipped: the
+//! erasure shredded it, and it must not be sent.
+//!
 //! The message id is the event's `event_id`, the correlation id the command's.
 //!
 //! # Delivery: at-least-once, and no duplicates on the queue
@@ -34,6 +42,7 @@ use crate::bus::{Bus, BusError, OutgoingMessage, QueueName};
 use crate::contracts::{
     engine, GenerationJob, TutorReplyRequest, TutorTask, TUTOR_REQUEST_TTL_SECONDS,
 };
+use crate::email::{SendEmail, SEND_EMAIL};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgPool, Postgres};
@@ -42,10 +51,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use teachin_domain::generation::GenerationEvent;
 use teachin_domain::ids::{RequestId, TutorSessionId};
+use teachin_domain::outgoing_email::OutgoingEmailEvent;
 use teachin_domain::tutor_session::TutorSessionEvent;
 use teachin_domain::vocabulary::GameType;
 use teachin_projections::checkpoint;
 use teachin_projections::log::{read_after, EventLog, LogPosition, LoggedEvent};
+use teachin_projections::KeyRing;
 use tokio::sync::watch;
 
 /// The relay's checkpoint in `public.projection_checkpoints`.
@@ -234,9 +245,19 @@ impl OutboxRelay {
             .map(|e| ((e.aggregate_id.as_str(), e.sequence), e))
             .collect();
         let mut messages = Vec::new();
+        // Keys are read once a batch holds an email, and kept for the rest of it.
+        let mut keys: Option<(PoolConnection<Postgres>, KeyRing)> = None;
         for event in events {
             if event.aggregate_type == "GenerationRequest" {
                 messages.extend(generation_message(event));
+                continue;
+            }
+            if event.aggregate_type == "OutgoingEmail" {
+                let (conn, ring) = match &mut keys {
+                    Some(open) => open,
+                    None => keys.insert((self.log.pool().acquire().await?, KeyRing::default())),
+                };
+                messages.extend(email_message(event, conn, ring).await?);
                 continue;
             }
             if event.aggregate_type != "TutorSession" || event.event_type != "AiReplyRequested" {
@@ -336,6 +357,49 @@ fn generation_message(event: &LoggedEvent) -> Option<(QueueName, OutgoingMessage
             event,
         ),
     ))
+}
+
+/// The `accessor-queue` message an outgoing email's event asks for: the email, opened.
+/// `None` for an email that cannot be opened any more (its sender was erased).
+async fn email_message(
+    event: &LoggedEvent,
+    conn: &mut PoolConnection<Postgres>,
+    keys: &mut KeyRing,
+) -> Result<Option<(QueueName, OutgoingMessage)>, sqlx::Error> {
+    let Some(OutgoingEmailEvent::EmailQueued {
+        sender,
+        recipient_email,
+        subject,
+        body,
+    }) = decoded::<OutgoingEmailEvent>(event)
+    else {
+        return Ok(None);
+    };
+    let (Some(recipient_email), Some(subject), Some(body)) = (
+        keys.open(conn, &recipient_email).await?,
+        keys.open(conn, &subject).await?,
+        keys.open(conn, &body).await?,
+    ) else {
+        tracing::warn!(event_id = %event.event_id, email = %event.aggregate_id, %sender,
+            "outbox relay: the sender of a queued email was erased; the email is not sent");
+        return Ok(None);
+    };
+    let job = SendEmail {
+        recipient_email,
+        subject,
+        body,
+    };
+    Ok(Some((
+        QueueName::Accessor,
+        with_correlation(
+            OutgoingMessage::new(
+                event.event_id.to_string(),
+                SEND_EMAIL,
+                serde_json::to_value(job).expect("an email serializes"),
+            ),
+            event,
+        ),
+    )))
 }
 
 /// The message with the correlation id of the command that appended `event`.

@@ -2,15 +2,22 @@
 //! loop, the handler, and lettre speaking real SMTP to a small server this test runs on
 //! loopback. The server records the envelope, the AUTH credentials and the DATA; it answers
 //! RCPT for chosen addresses with a permanent (550) or transient (451) refusal, so the
-//! handler's dead-letter and retry paths are exercised over the wire.
+//! handler's dead-letter and retry paths are exercised over the wire. The last test starts
+//! from the teacher's command: the outbox relay turns the queued email into the job.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use teachin_commands::testing::TestDatabase;
+use teachin_commands::{command_bus, BusSettings, CommandContext, PortSecrets};
+use teachin_domain::actor::{Actor, Role};
+use teachin_domain::ids::UserId;
+use teachin_domain::outgoing_email::{OutgoingEmail, OutgoingEmailCommand};
+use teachin_projections::{EventLog, LogPosition};
 use teachin_workers::bus::postgres::{PostgresBus, PostgresBusConfig};
 use teachin_workers::bus::{reasons, Bus, OutgoingMessage, QueueName};
 use teachin_workers::consumer::{Consumer, Settled};
 use teachin_workers::email::{self, EmailSettings, SendEmailHandler, SmtpSecurity};
+use teachin_workers::relay::{OutboxRelay, RelayConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -125,7 +132,7 @@ struct Fixture {
     bus: Arc<dyn Bus>,
     consumer: Consumer,
     mailbox: Mailbox,
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 async fn fixture() -> Fixture {
@@ -158,7 +165,7 @@ async fn fixture() -> Fixture {
         bus,
         consumer,
         mailbox,
-        _db: db,
+        db,
     }
 }
 
@@ -277,4 +284,73 @@ async fn a_malformed_job_is_dead_lettered_without_touching_the_server() {
         other => panic!("{other:?}"),
     }
     assert_eq!(*f.mailbox.attempts.lock().unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_teachers_email_is_relayed_and_arrives_once_even_if_the_relay_crashes() {
+    let f = fixture().await;
+    let commands = command_bus(
+        f.db.pool.clone(),
+        PortSecrets {
+            claims_hash_key: b"k".to_vec(),
+        },
+        BusSettings::default(),
+    );
+    let teacher = Actor::user(UserId::new(), Role::Teacher);
+    commands
+        .execute::<OutgoingEmail>(
+            &uuid::Uuid::new_v4().to_string(),
+            OutgoingEmailCommand::Send {
+                sender: teacher,
+                recipient_email: "Parent@Example.com".into(),
+                subject: "Parents evening".into(),
+                body: "<p>See you on <b>Tuesday</b>.</p>".into(),
+            },
+            &CommandContext::new(teacher, "test"),
+        )
+        .await
+        .expect("email queued");
+    // The settled horizon is cluster-wide: wait until the relay can see the event.
+    let log = EventLog::new(f.db.pool.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while log
+        .read_after(LogPosition::START, 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The relay sends and dies before its checkpoint; the restarted one sends again.
+    let relay = OutboxRelay::new(f.db.pool.clone(), f.bus.clone(), RelayConfig::default());
+    assert_eq!(relay.relay_batch_then_crash().await.unwrap(), 1);
+    assert_eq!(relay.relay_pending().await.unwrap(), 1);
+
+    assert_eq!(
+        f.consumer.process_one(WAIT).await.unwrap(),
+        Some(Settled::Completed)
+    );
+    assert_eq!(
+        f.consumer
+            .process_one(Duration::from_secs(1))
+            .await
+            .unwrap(),
+        None,
+        "the resent job was the same message"
+    );
+    let delivered = f.mailbox.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let mail = &delivered[0];
+    assert_eq!(mail.to, ["<parent@example.com>"]);
+    assert!(
+        mail.data.contains("Subject: Parents evening"),
+        "{}",
+        mail.data
+    );
+    assert!(mail.data.contains("Tuesday"), "{}", mail.data);
 }

@@ -1,7 +1,8 @@
 //! The outbox relay against the real PostgreSQL: commands append events through the command
 //! bus, the relay turns each `AiReplyRequested` into one `engine-queue` message whose id is
 //! the event's id — and a crash between sending and checkpointing leaves no duplicate on the
-//! queue, on either bus backend.
+//! queue, on either bus backend. A queued email becomes one `accessor-queue` job carrying
+//! the opened email — unless its sender was erased first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use teachin_commands::testing::TestDatabase;
 use teachin_commands::{command_bus, BusSettings, CommandBus, CommandContext, PortSecrets};
 use teachin_domain::actor::{Actor, Role};
 use teachin_domain::ids::{AttemptId, ExerciseId, RequestId, TutorSessionId, UserId};
+use teachin_domain::outgoing_email::{OutgoingEmail, OutgoingEmailCommand};
 use teachin_domain::practice::{Exercise, ExerciseCommand};
 use teachin_domain::tutor_session::{SessionKind, TutorSession, TutorSessionCommand};
 use teachin_domain::vocabulary::{Difficulty, GameType};
@@ -17,6 +19,7 @@ use teachin_workers::bus::postgres::{PostgresBus, PostgresBusConfig};
 use teachin_workers::bus::servicebus::ServiceBus;
 use teachin_workers::bus::{Bus, QueueName};
 use teachin_workers::contracts::{engine, TutorReplyRequest, TutorTask};
+use teachin_workers::email::{self, SendEmail};
 use teachin_workers::relay::{OutboxRelay, RelayConfig, CHECKPOINT};
 use teachin_workers::testing::{LocalServiceBus, LocalServiceBusSettings};
 use uuid::Uuid;
@@ -382,4 +385,78 @@ async fn the_running_relay_follows_new_events_and_stops_on_shutdown() {
         .await
         .expect("the relay stops")
         .unwrap();
+}
+
+async fn send_email(commands: &CommandBus, sender: UserId, recipient: &str, body: &str) -> Uuid {
+    let email = Uuid::new_v4();
+    let teacher = Actor::user(sender, Role::Teacher);
+    commands
+        .execute::<OutgoingEmail>(
+            &email.to_string(),
+            OutgoingEmailCommand::Send {
+                sender: teacher,
+                recipient_email: recipient.into(),
+                subject: "ערב הורים".into(),
+                body: body.into(),
+            },
+            &CommandContext::new(teacher, "test"),
+        )
+        .await
+        .expect("email queued");
+    email
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_email_becomes_one_opened_send_email_job_unless_its_sender_was_erased() {
+    let db = TestDatabase::new().await;
+    let commands = commands(&db);
+    let bus = postgres_bus(&db);
+    let teacher = UserId::new();
+    let erased = UserId::new();
+    let sent = send_email(&commands, teacher, "Parent@Example.com", "<p>שלום רב</p>").await;
+    send_email(&commands, erased, "other@example.com", "<p>forgotten</p>").await;
+    // The second sender is erased after queueing but before the relay saw the email.
+    commands.services().vault.shred(erased).await.unwrap();
+    wait_settled(&db).await;
+
+    let relay = OutboxRelay::new(db.pool.clone(), bus.clone(), RelayConfig::default());
+    assert_eq!(relay.relay_pending().await.unwrap(), 1);
+    assert_eq!(relay.relay_pending().await.unwrap(), 0, "nothing twice");
+
+    let event_id: Uuid = sqlx::query_scalar(
+        "SELECT event_id FROM events WHERE aggregate_type = 'OutgoingEmail' AND aggregate_id = $1",
+    )
+    .bind(sent.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let message = bus
+        .receive(QueueName::Accessor, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the email's job");
+    bus.complete(&message).await.unwrap();
+    assert_eq!(message.message_id, event_id.to_string());
+    assert_eq!(message.action, email::SEND_EMAIL);
+    let job: SendEmail = message.payload().unwrap();
+    assert_eq!(
+        job,
+        SendEmail {
+            recipient_email: "parent@example.com".into(),
+            subject: "ערב הורים".into(),
+            body: "<p>שלום רב</p>".into(),
+        }
+    );
+    assert!(
+        bus.receive(QueueName::Accessor, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none(),
+        "the erased sender's email is not sent"
+    );
+    assert!(bus
+        .receive(QueueName::Engine, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_none());
 }

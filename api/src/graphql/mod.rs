@@ -9,6 +9,7 @@
 
 mod auth;
 mod classes;
+mod email;
 mod generation;
 mod insights;
 mod learning;
@@ -127,6 +128,7 @@ pub struct Mutation(
     learning::LearningMutation,
     media::MediaMutation,
     generation::GenerationMutation,
+    email::EmailMutation,
 );
 
 #[derive(MergedSubscription, Default)]
