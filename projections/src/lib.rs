@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod checkpoint;
 pub mod daemon;
 pub mod feed;
+pub mod follower;
 pub mod log;
 pub mod projection;
 pub mod queries;

@@ -44,7 +44,6 @@ use crate::contracts::{
 };
 use crate::email::{SendEmail, SEND_EMAIL};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgPool, Postgres};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +54,7 @@ use teachin_domain::outgoing_email::OutgoingEmailEvent;
 use teachin_domain::tutor_session::TutorSessionEvent;
 use teachin_domain::vocabulary::GameType;
 use teachin_projections::checkpoint;
+use teachin_projections::follower::{follow, LeaderLock, Pacing};
 use teachin_projections::log::{read_after, EventLog, LogPosition, LoggedEvent};
 use teachin_projections::KeyRing;
 use tokio::sync::watch;
@@ -63,7 +63,7 @@ use tokio::sync::watch;
 pub const CHECKPOINT: &str = "outbox_relay";
 
 /// The advisory lock that makes one replica the relay ("outbox_r" in ASCII).
-const LEADER_LOCK: i64 = 0x6f75_7462_6f78_5f72;
+const LEADER_LOCK: LeaderLock = LeaderLock(0x6f75_7462_6f78_5f72);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -141,63 +141,27 @@ impl OutboxRelay {
 
     /// Relays until `shutdown` turns true (or its sender goes away): woken by the log's
     /// NOTIFY, polling with back-off while idle, retrying with back-off after failures.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut listener = match self.log.listen().await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay: cannot LISTEN; polling only");
-                None
-            }
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let pacing = Pacing {
+            min_poll: self.config.min_poll,
+            max_poll: self.config.max_poll,
         };
-        let mut delay = self.config.min_poll;
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let busy = match self.step(true).await {
-                Ok(Step::Relayed { .. }) => true,
-                Ok(Step::CaughtUp | Step::NotLeader) => false,
-                Err(error) => {
-                    tracing::warn!(%error, "outbox relay: batch failed; retrying");
-                    false
-                }
-            };
-            if busy {
-                delay = self.config.min_poll;
-                continue;
-            }
-            tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                _ = tokio::time::sleep(delay) => {
-                    delay = (delay * 2).min(self.config.max_poll);
-                }
-                woken = notified(&mut listener) => {
-                    if let Err(error) = woken {
-                        tracing::warn!(%error, "outbox relay: LISTEN connection lost; polling only");
-                        listener = None;
-                    }
-                    delay = self.config.min_poll;
-                }
-            }
-        }
+        follow(&self.log, "outbox relay", pacing, shutdown, || async {
+            self.step(true)
+                .await
+                .map(|step| matches!(step, Step::Relayed { .. }))
+        })
+        .await;
     }
 
     async fn step(&self, advance: bool) -> Result<Step, RelayError> {
         let mut conn = self.log.pool().acquire().await?;
         checkpoint::ensure(&mut *conn, CHECKPOINT).await?;
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !leader {
+        if !LEADER_LOCK.try_acquire(&mut conn).await? {
             return Ok(Step::NotLeader);
         }
         let outcome = self.step_as_leader(&mut conn, advance).await;
-        release(&mut conn).await;
+        LEADER_LOCK.release(&mut conn).await;
         outcome
     }
 
@@ -422,23 +386,5 @@ fn decoded<E: serde::de::DeserializeOwned>(event: &LoggedEvent) -> Option<E> {
             tracing::error!(event_id = %event.event_id, %error, "outbox relay: event does not decode; not relayed");
             None
         }
-    }
-}
-
-/// Lets go of the leader lock; a connection that cannot is closed, which releases it too.
-async fn release(conn: &mut PoolConnection<Postgres>) {
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(LEADER_LOCK)
-        .execute(&mut **conn)
-        .await;
-    if unlocked.is_err() {
-        conn.close_on_drop();
-    }
-}
-
-async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
-    match listener {
-        Some(listener) => listener.recv().await.map(|_| ()),
-        None => std::future::pending().await,
     }
 }

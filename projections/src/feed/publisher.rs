@@ -3,11 +3,11 @@
 use super::mapping::{notifications_for, sealed_to_open, session_started, FeedLookup};
 use super::{FeedConfig, FeedError};
 use crate::checkpoint;
+use crate::follower::{follow, LeaderLock, Pacing};
 use crate::log::{read_after, EventLog, LogPosition, LoggedEvent};
 use crate::projection::KeyRing;
 use fred::prelude::{Builder, ClientLike, Config, PubsubInterface, ReconnectPolicy};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use std::collections::{HashMap, HashSet};
 use teachin_domain::ids::UserId;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub const CHECKPOINT: &str = "realtime_feed";
 
 /// The advisory lock that makes one replica the publisher ("realtime_feed" in ASCII).
-const LEADER_LOCK: i64 = 0x7265_616c_7469_6d65;
+const LEADER_LOCK: LeaderLock = LeaderLock(0x7265_616c_7469_6d65);
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,64 +97,29 @@ impl FeedPublisher {
 
     /// Publishes until `shutdown` turns true (or its sender goes away): woken by the log's
     /// NOTIFY, polling with back-off while idle, retrying with back-off after failures.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), FeedError> {
-        let mut listener = match self.log.listen().await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "realtime feed: cannot LISTEN; polling only");
-                None
-            }
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), FeedError> {
+        let pacing = Pacing {
+            min_poll: self.config.min_poll,
+            max_poll: self.config.max_poll,
         };
-        let mut delay = self.config.min_poll;
-        loop {
-            if *shutdown.borrow() {
-                return Ok(());
-            }
-            let busy = match self.step(true).await {
-                Ok(Step::Published { .. }) => true,
-                Ok(Step::CaughtUp | Step::NotLeader) => false,
-                Err(error) => {
-                    tracing::warn!(%error, "realtime feed: batch failed; retrying");
-                    false
-                }
-            };
-            if busy {
-                delay = self.config.min_poll;
-                continue;
-            }
-            tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                }
-                _ = tokio::time::sleep(delay) => {
-                    delay = (delay * 2).min(self.config.max_poll);
-                }
-                woken = notified(&mut listener) => {
-                    if let Err(error) = woken {
-                        tracing::warn!(%error, "realtime feed: LISTEN connection lost; polling only");
-                        listener = None;
-                    }
-                    delay = self.config.min_poll;
-                }
-            }
-        }
+        follow(&self.log, "realtime feed", pacing, shutdown, || async {
+            self.step(true)
+                .await
+                .map(|step| matches!(step, Step::Published { .. }))
+        })
+        .await;
+        Ok(())
     }
 
     /// One batch under the leader lock; `advance` false stops before the checkpoint.
     async fn step(&self, advance: bool) -> Result<Step, FeedError> {
         let mut conn = self.log.pool().acquire().await?;
         checkpoint::ensure(&mut *conn, CHECKPOINT).await?;
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !leader {
+        if !LEADER_LOCK.try_acquire(&mut conn).await? {
             return Ok(Step::NotLeader);
         }
         let outcome = self.step_as_leader(&mut conn, advance).await;
-        release(&mut conn).await;
+        LEADER_LOCK.release(&mut conn).await;
         outcome
     }
 
@@ -211,24 +176,6 @@ impl FeedPublisher {
             events: events.len(),
             notifications,
         })
-    }
-}
-
-/// Lets go of the leader lock; a connection that cannot is closed, which releases it too.
-async fn release(conn: &mut PoolConnection<Postgres>) {
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(LEADER_LOCK)
-        .execute(&mut **conn)
-        .await;
-    if unlocked.is_err() {
-        conn.close_on_drop();
-    }
-}
-
-async fn notified(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
-    match listener {
-        Some(listener) => listener.recv().await.map(|_| ()),
-        None => std::future::pending().await,
     }
 }
 
