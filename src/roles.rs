@@ -78,7 +78,7 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr} for the {}", role.name()))?;
         let app = match role {
             Role::Manager => {
-                let (app, fanout, hub) = manager(settings, pool.clone()).await?;
+                let (app, hub) = manager(settings, pool.clone()).await?;
                 // The engine's results become commands here; its streamed frames go, in
                 // order, to the student's hub connections.
                 let callbacks = teachin_workers::CallbackDeps {
@@ -100,17 +100,6 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
                     let (url, stop) = (settings.redis_url.clone(), stop_rx.clone());
                     async move {
                         teachin_api::hub::run_feed(hub, &url, stop).await;
-                        Ok(())
-                    }
-                });
-                servers.spawn({
-                    let (url, ns, stop) = (
-                        settings.redis_url.clone(),
-                        settings.namespace.clone(),
-                        stop_rx.clone(),
-                    );
-                    async move {
-                        fanout.run(url, ns, stop).await;
                         Ok(())
                     }
                 });
@@ -232,16 +221,12 @@ pub async fn redis(settings: &Settings) -> anyhow::Result<fred::prelude::Client>
     Ok(client)
 }
 
-/// The manager's routes (GraphQL, metrics, health) over one pool and one Redis client, and
-/// the feed reader its subscriptions share.
+/// The manager's routes (GraphQL, the hub, media, metrics, health) over one pool and one
+/// Redis client, and the hub whose feed task must run beside them.
 async fn manager(
     settings: &Settings,
     pool: PgPool,
-) -> anyhow::Result<(
-    axum::Router,
-    teachin_api::graphql::realtime::FeedFanout,
-    teachin_api::hub::NotificationHub,
-)> {
+) -> anyhow::Result<(axum::Router, teachin_api::hub::NotificationHub)> {
     use teachin_api::auth::{
         rate_limit::RateLimiter, sessions::RefreshSessions, tokens::AccessTokens,
     };
@@ -262,6 +247,9 @@ async fn manager(
         settings.azure_signalr.clone(),
     );
     hub.set_display_names(read.clone());
+    // The hub's feed reading also serves the GraphQL subscriptions: one reader per replica.
+    let fanout = teachin_api::graphql::realtime::FeedFanout::default();
+    hub.feed_subscriptions(fanout.clone());
     let state = ApiState {
         bus: command_bus(settings, pool.clone()),
         read,
@@ -299,7 +287,6 @@ async fn manager(
         Some(store) => teachin_api::media::media_router(store.clone(), &settings.cors_origins),
         None => axum::Router::new(),
     };
-    let fanout = teachin_api::graphql::realtime::FeedFanout::default();
     let options = teachin_api::server::ManagerOptions {
         graphiql: local,
         cors_origins: settings.cors_origins.clone(),
@@ -307,7 +294,7 @@ async fn manager(
     };
     let app = teachin_api::server::router(
         state,
-        fanout.clone(),
+        fanout,
         teachin_api::metrics::ApiMetrics::default()
             .with_connections({
                 let hub = hub.clone();
@@ -322,7 +309,7 @@ async fn manager(
         pool,
         Some(redis.clone()),
     ));
-    Ok((app, fanout, hub))
+    Ok((app, hub))
 }
 
 /// The engine's own routes: health, and `/metrics` with the queue gauges it scales on.

@@ -2,8 +2,9 @@
 //! same notifications the SignalR hub delivers — and a paced replay of a session, events
 //! re-emitted at their original spacing divided by `speed`.
 //!
-//! One Redis subscription per process feeds every GraphQL subscriber through a broadcast
-//! channel ([`FeedFanout`]); each subscriber keeps what is addressed to it. A subscriber
+//! The hub's reading of the Redis feed (`hub::run_feed`) feeds every GraphQL subscriber of
+//! the replica through a broadcast channel ([`FeedFanout`]); each subscriber keeps what is
+//! addressed to it. A subscriber
 //! that falls too far behind skips the notifications it missed (pushes are best-effort;
 //! the read models are the record).
 
@@ -16,9 +17,9 @@ use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 use teachin_domain::actor::Role;
-use teachin_projections::feed::{FeedSubscriber, Notification, Target};
+use teachin_projections::feed::{Notification, Target};
 use teachin_projections::replay::{paced_capped, AsOf, SessionType};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 /// The longest pause a paced replay makes, whatever the original gap.
@@ -26,7 +27,7 @@ const MAX_REPLAY_PAUSE: Duration = Duration::from_secs(10);
 /// How many notifications a slow subscriber may lag behind before it skips some.
 const FANOUT_CAPACITY: usize = 1024;
 
-/// The process's one reader of the Redis feed, shared by all subscriptions.
+/// The replica's feed notifications, shared by all subscriptions.
 #[derive(Clone)]
 pub struct FeedFanout {
     sender: broadcast::Sender<Arc<Notification>>,
@@ -41,34 +42,7 @@ impl Default for FeedFanout {
 }
 
 impl FeedFanout {
-    /// Reads the feed until shutdown, reconnecting to Redis when it drops.
-    pub async fn run(self, redis_url: String, namespace: String, mut stop: watch::Receiver<bool>) {
-        while !*stop.borrow() {
-            match FeedSubscriber::connect(&redis_url, &namespace).await {
-                Ok(mut feed) => loop {
-                    tokio::select! {
-                        next = feed.next() => match next {
-                            Some(n) => { let _ = self.sender.send(Arc::new(n)); }
-                            None => break,
-                        },
-                        _ = stopped(&mut stop) => {
-                            feed.close().await;
-                            return;
-                        }
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscriptions cannot reach the feed; retrying")
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stopped(&mut stop) => return,
-            }
-        }
-    }
-
-    /// Publishes a notification to local subscribers (the feed task, and tests).
+    /// Hands a notification to this replica's subscribers (the hub's feed task).
     pub fn deliver(&self, notification: Notification) {
         let _ = self.sender.send(Arc::new(notification));
     }
@@ -76,11 +50,6 @@ impl FeedFanout {
     fn subscribe(&self) -> broadcast::Receiver<Arc<Notification>> {
         self.sender.subscribe()
     }
-}
-
-/// Resolves once shutdown is signalled (without holding the watch's lock afterwards).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A push for the caller.

@@ -6,7 +6,8 @@
 //! shuts down. Two subscriptions are held:
 //!
 //! - the accessor's feed, `teachin:{ns}:feed`, through [`FeedSubscriber`] (duplicates
-//!   dropped by `(id, part)`): notifications from the event log;
+//!   dropped by `(id, part)`): notifications from the event log, also handed to this
+//!   replica's GraphQL subscriptions when they are attached (`feed_subscriptions`);
 //! - the hub backplane, `teachin:{ns}:hub`: pushes another replica made with
 //!   `send_to_user` / `send_to_group` (presence changes among them). Not needed with Azure
 //!   SignalR, where those go to Azure directly.
@@ -85,6 +86,7 @@ async fn serve(
                 let Some(notification) = notification else {
                     break Err(HubError::FeedClosed);
                 };
+                hub.forward_to_subscriptions(&notification);
                 if let Err(error) = hub.deliver(&notification).await {
                     tracing::warn!(%error, id = %notification.id, "hub: notification not delivered");
                 }

@@ -143,6 +143,8 @@ struct Inner {
     config: HubConfig,
     azure: Option<AzureSignalR>,
     names: OnceLock<Arc<dyn DisplayNames>>,
+    /// The GraphQL subscriptions of this replica, fed from the same feed reading.
+    subscriptions: OnceLock<crate::graphql::realtime::FeedFanout>,
     registry: RwLock<Registry>,
     presence: Presence,
     shutdown: watch::Sender<bool>,
@@ -178,6 +180,7 @@ impl NotificationHub {
                 config,
                 azure,
                 names: OnceLock::new(),
+                subscriptions: OnceLock::new(),
                 registry: RwLock::new(Registry::default()),
                 presence,
                 shutdown: watch::channel(false).0,
@@ -191,6 +194,20 @@ impl NotificationHub {
     /// `null`. Only the first call counts.
     pub fn set_display_names(&self, names: impl DisplayNames) {
         let _ = self.inner.names.set(Arc::new(names));
+    }
+
+    /// Hands every feed notification this replica reads to `subscriptions` too, so the
+    /// GraphQL `notifications` subscription needs no Redis reading of its own. Only the
+    /// first call counts.
+    pub fn feed_subscriptions(&self, subscriptions: crate::graphql::realtime::FeedFanout) {
+        let _ = self.inner.subscriptions.set(subscriptions);
+    }
+
+    /// Passes a feed notification to the GraphQL subscriptions, if any are attached.
+    pub(crate) fn forward_to_subscriptions(&self, notification: &Notification) {
+        if let Some(subscriptions) = self.inner.subscriptions.get() {
+            subscriptions.deliver(notification.clone());
+        }
     }
 
     pub fn config(&self) -> &HubConfig {
