@@ -250,8 +250,9 @@ async fn manager(
     // The hub's feed reading also serves the GraphQL subscriptions: one reader per replica.
     let fanout = teachin_api::graphql::realtime::FeedFanout::default();
     hub.feed_subscriptions(fanout.clone());
+    let bus = command_bus(settings, pool.clone());
     let state = ApiState {
-        bus: command_bus(settings, pool.clone()),
+        bus: bus.clone(),
         read,
         replay: teachin_projections::replay::SessionReplay::new(pool.clone()),
         analytics: teachin_projections::analytics::Analytics::new(pool.clone()),
@@ -300,6 +301,7 @@ async fn manager(
                 let hub = hub.clone();
                 move || hub.connections()
             })
+            .with_conflict_retries(move || bus.conflict_retries())
             .with_extra(queue_metrics(settings, pool.clone())?),
         options,
     )

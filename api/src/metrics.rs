@@ -39,6 +39,9 @@ pub struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     conflicts: Counter,
+    conflict_retries: Counter,
+    /// Read at scrape time: the command bus's count of retried conflicts.
+    conflict_retries_source: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     connections: Gauge,
     /// Read at scrape time: the hub's count of connected clients.
     connections_source: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
@@ -73,6 +76,7 @@ impl Default for ApiMetrics {
             latency_histogram,
         );
         let conflicts = Counter::default();
+        let conflict_retries = Counter::default();
         let connections = Gauge::default();
         registry.register(
             "http_requests",
@@ -90,6 +94,11 @@ impl Default for ApiMetrics {
             conflicts.clone(),
         );
         registry.register(
+            "command_conflict_retries",
+            "Optimistic-concurrency conflicts the command bus retried (contended streams)",
+            conflict_retries.clone(),
+        );
+        registry.register(
             "signalr_connections",
             "Realtime clients connected to this replica",
             connections.clone(),
@@ -99,6 +108,8 @@ impl Default for ApiMetrics {
             requests,
             latency,
             conflicts,
+            conflict_retries,
+            conflict_retries_source: None,
             connections,
             connections_source: None,
             extra: None,
@@ -131,6 +142,15 @@ impl ApiMetrics {
         self
     }
 
+    /// Reports `count()` (monotonic) as the retried-conflicts counter at every scrape.
+    pub fn with_conflict_retries(
+        mut self,
+        count: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.conflict_retries_source = Some(Arc::new(count));
+        self
+    }
+
     /// Adds the figures `render` produces at every scrape.
     pub fn with_extra(mut self, render: ExtraMetrics) -> Self {
         self.extra = Some(render);
@@ -140,6 +160,10 @@ impl ApiMetrics {
     async fn render(&self) -> String {
         if let Some(count) = &self.connections_source {
             self.connections.set(count() as i64);
+        }
+        if let Some(count) = &self.conflict_retries_source {
+            let seen = self.conflict_retries.get();
+            self.conflict_retries.inc_by(count().saturating_sub(seen));
         }
         let extra = match &self.extra {
             Some(render) => render().await,

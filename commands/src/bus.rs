@@ -15,12 +15,14 @@
 //!   appending nothing.
 
 use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
+use crate::event_repository::EventRepository;
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
-use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use teachin_domain::actor::Actor;
 use teachin_domain::error::{DomainError, ErrorKind};
@@ -143,23 +145,22 @@ impl Default for BusSettings {
 /// services, so the ports themselves can use it.
 #[derive(Clone)]
 pub struct AggregateReader {
-    pool: PgPool,
+    repository: EventRepository,
     snapshot_every: usize,
 }
 
-type Store<A> = PersistedEventStore<PostgresEventRepository, A>;
+type Store<A> = PersistedEventStore<EventRepository, A>;
 
 impl AggregateReader {
     pub fn new(pool: PgPool, settings: BusSettings) -> Self {
         Self {
-            pool,
+            repository: EventRepository::new(pool),
             snapshot_every: settings.snapshot_every,
         }
     }
 
     fn store<A: Aggregate>(&self) -> Store<A> {
-        let repo = PostgresEventRepository::new(self.pool.clone());
-        PersistedEventStore::new_snapshot_store(repo, self.snapshot_every)
+        PersistedEventStore::new_snapshot_store(self.repository.clone(), self.snapshot_every)
             .with_upcasters(teachin_domain::upcasting::upcasters())
     }
 
@@ -182,6 +183,9 @@ pub struct CommandBus {
     reader: AggregateReader,
     services: DomainServices,
     settings: BusSettings,
+    /// Conflicts retried since start (each reloads and decides again): contention, for
+    /// `/metrics` and the bench.
+    conflict_retries: Arc<AtomicU64>,
 }
 
 impl CommandBus {
@@ -191,7 +195,13 @@ impl CommandBus {
             pool,
             services,
             settings,
+            conflict_retries: Arc::default(),
         }
+    }
+
+    /// Optimistic-concurrency conflicts this bus retried since it was built.
+    pub fn conflict_retries(&self) -> u64 {
+        self.conflict_retries.load(Ordering::Relaxed)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -261,6 +271,9 @@ impl CommandBus {
                 }
                 Err(AggregateError::UserError(e)) => return Err(CommandError::Rejected(e)),
                 Err(AggregateError::AggregateConflict) => {
+                    if attempt < self.settings.max_attempts {
+                        self.conflict_retries.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::debug!(
                         aggregate = A::TYPE,
                         aggregate_id,

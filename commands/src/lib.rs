@@ -5,9 +5,12 @@
 //! - [`bus`] runs a command against an aggregate through cqrs-es over postgres-es: load (from
 //!   a snapshot where there is one), decide, append — retrying optimistic-concurrency
 //!   conflicts, stamping metadata, and answering a repeated command with its first receipt.
+//! - [`event_repository`] is postgres-es's repository with loading and appending made one
+//!   round trip each.
 //! - [`ports`] implements the domain's ports over Postgres and the event store.
 
 pub mod bus;
+pub mod event_repository;
 pub mod migrations;
 pub mod ports;
 #[cfg(feature = "testing")]

@@ -92,6 +92,19 @@ async fn every_event_carries_its_metadata_and_log_columns() {
         payload.get("ProgressRecorded").is_some(),
         "payload is the event as jsonb: {payload}"
     );
+    let sequences: Vec<i64> = sqlx::query_scalar("SELECT sequence FROM events ORDER BY global_position")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(sequences, [1, 2], "appended in the command's order");
+    let receipt: (i64, i64) = sqlx::query_as(
+        "SELECT first_sequence, last_sequence FROM command_receipts WHERE dedupe_key = $1",
+    )
+    .bind(format!("idem:{}:key-1", context.issued_by))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(receipt, (1, 2), "one receipt spans the command's events");
 }
 
 #[tokio::test]
@@ -215,7 +228,8 @@ impl UserDirectory for GatedUsers {
     }
 }
 
-async fn conflicted_assignment(max_attempts: u32) -> Result<usize, String> {
+/// The slow command's outcome (events appended) and the conflicts its bus retried.
+async fn conflicted_assignment(max_attempts: u32) -> (Result<usize, String>, u64) {
     let db = TestDatabase::new().await;
     let teacher = UserId::new();
     let (first_student, second_student) = (UserId::new(), UserId::new());
@@ -244,6 +258,7 @@ async fn conflicted_assignment(max_attempts: u32) -> Result<usize, String> {
 
     let slow = tokio::spawn({
         let admin = admin.clone();
+        let slow_bus = slow_bus.clone();
         async move {
             slow_bus
                 .execute::<TeacherStudents>(
@@ -280,17 +295,19 @@ async fn conflicted_assignment(max_attempts: u32) -> Result<usize, String> {
         let list: TeacherStudents = fast_bus.reader().load(&teacher.to_string()).await.unwrap();
         assert!(list.is_assigned(first_student) && list.is_assigned(second_student));
     }
-    outcome
+    (outcome, slow_bus.conflict_retries())
 }
 
 #[tokio::test]
 async fn a_conflict_is_retried_by_reloading_the_aggregate() {
-    assert_eq!(conflicted_assignment(2).await, Ok(1));
+    assert_eq!(conflicted_assignment(2).await, (Ok(1), 1), "applied after one retry");
 }
 
 #[tokio::test]
 async fn a_conflict_past_the_bound_is_a_clear_error() {
-    let error = conflicted_assignment(1).await.unwrap_err();
+    let (outcome, retries) = conflicted_assignment(1).await;
+    assert_eq!(retries, 0, "the last attempt's conflict is reported, not retried");
+    let error = outcome.unwrap_err();
     assert!(
         error.contains("changed concurrently 1 times"),
         "unexpected error: {error}"

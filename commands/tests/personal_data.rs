@@ -5,12 +5,13 @@
 use futures::future::join_all;
 use serde_json::Value;
 use teachin_commands::bus::{BusSettings, CommandBus, CommandContext, CommandError};
+use teachin_commands::ports::PostgresVault;
 use teachin_commands::testing::TestDatabase;
 use teachin_commands::{command_bus, PortSecrets};
 use teachin_domain::actor::{Actor, Role};
 use teachin_domain::ids::UserId;
 use teachin_domain::personal_data::Sealed;
-use teachin_domain::services::{ClaimOutcome, ClaimScope, PortError};
+use teachin_domain::services::{ClaimOutcome, ClaimScope, PersonalDataVault, PortError};
 use teachin_domain::user::{Language, User, UserCommand, UserError};
 
 fn bus(db: &TestDatabase) -> CommandBus {
@@ -266,4 +267,35 @@ async fn claims_are_keyed_hashes_held_by_one_owner() {
     .await
     .unwrap();
     assert_eq!(readable, 0, "values are stored hashed");
+}
+
+#[tokio::test]
+async fn an_erasure_on_another_replica_leaves_nothing_it_can_open() {
+    let db = TestDatabase::new().await;
+    let this_replica = PostgresVault::new(db.pool.clone());
+    let other_replica = PostgresVault::new(db.pool.clone());
+    let dana = UserId::new();
+    // This replica has Dana's sealing key cached from a recent command.
+    let before = this_replica.seal(dana, "before").await.unwrap();
+    assert_eq!(
+        other_replica.open(&before).await.unwrap().as_deref(),
+        Some("before")
+    );
+
+    other_replica.shred(dana).await.unwrap();
+
+    // Opening reads the table on every replica: nothing of Dana's opens, at once.
+    assert_eq!(this_replica.open(&before).await.unwrap(), None);
+    // A command sealing on this replica within the cache's lifetime still seals, but under the
+    // destroyed key: what it wrote can never be opened either.
+    if let Ok(late) = this_replica.seal(dana, "late").await {
+        assert_eq!(this_replica.open(&late).await.unwrap(), None);
+        assert_eq!(other_replica.open(&late).await.unwrap(), None);
+    }
+    // Once the cached key has lapsed, sealing is refused here too.
+    tokio::time::sleep(teachin_commands::ports::SEALING_KEY_TTL).await;
+    assert_eq!(
+        this_replica.seal(dana, "later").await,
+        Err(PortError::Erased(dana))
+    );
 }

@@ -6,7 +6,7 @@ mod vault;
 
 pub use claims::PostgresClaims;
 pub use directory::{EventStorePracticeRecords, EventStoreUserDirectory};
-pub use vault::PostgresVault;
+pub use vault::{PostgresVault, SEALING_KEY_TTL};
 
 use std::sync::Arc;
 use teachin_domain::services::DomainServices;
