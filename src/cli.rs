@@ -65,6 +65,10 @@ pub enum CronCommand {
 pub enum BenchCommand {
     /// Projection lag under load, and full rebuild vs a raw scan of the log.
     Projections(crate::bench::projections::ProjectionBenchArgs),
+    /// The whole system against fresh databases: PostgreSQL baseline, the command path over
+    /// GraphQL, projection lag and rebuild, SignalR push latency, and each role's memory;
+    /// writes results.md and results.json.
+    System(crate::bench::system::SystemBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -68,6 +68,7 @@ async fn run(command: Command, settings: config::Settings) -> anyhow::Result<()>
         Command::Bench(BenchCommand::Projections(args)) => {
             bench::projections::run(&settings, args).await.map(|_| ())
         }
+        Command::Bench(BenchCommand::System(args)) => bench::system::run(&settings, args).await,
         Command::Projections(command) => {
             let pool = roles::connect(&settings).await?;
             roles::migrate(&pool).await?;

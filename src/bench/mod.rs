@@ -3,6 +3,7 @@
 //! configured server and drops it at the end.
 
 pub mod projections;
+pub mod system;
 
 use crate::config::Settings;
 use anyhow::Context;
@@ -33,6 +34,40 @@ impl BenchDatabase {
             .await?;
         teachin_commands::migrations::run(&pool).await?;
         Ok(Self { server, name, pool })
+    }
+
+    /// The database as a URL (password included), for processes that connect on their own:
+    /// the roles `bench system` starts.
+    pub fn url(&self) -> String {
+        self.url_keeping(|_| true)
+    }
+
+    /// The same for libpq tools (`pgbench`), which refuse sqlx's own URL parameters.
+    pub fn libpq_url(&self) -> String {
+        const LIBPQ: [&str; 6] = [
+            "sslmode",
+            "sslrootcert",
+            "sslcert",
+            "sslkey",
+            "application_name",
+            "options",
+        ];
+        self.url_keeping(|key| LIBPQ.contains(&key))
+    }
+
+    fn url_keeping(&self, keep: impl Fn(&str) -> bool) -> String {
+        use sqlx::ConnectOptions;
+        let mut url = self.server.clone().database(&self.name).to_url_lossy();
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(key, _)| keep(key))
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !kept.is_empty() {
+            url.query_pairs_mut().extend_pairs(kept);
+        }
+        url.to_string()
     }
 
     pub async fn drop_database(self) -> anyhow::Result<()> {

@@ -25,7 +25,7 @@ use teachin_projections::log::{read_after, LogPosition};
 use teachin_projections::{read_models, rebuild, Projection};
 use tokio::sync::{mpsc, watch};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ProjectionBenchArgs {
     /// Commands per second to issue.
     #[arg(long, default_value_t = 1000)]
@@ -41,6 +41,18 @@ pub struct ProjectionBenchArgs {
     pub smoke: bool,
 }
 
+impl ProjectionBenchArgs {
+    /// The parameters a run actually uses: a smoke run caps rate, duration and writers.
+    pub fn effective(mut self) -> Self {
+        if self.smoke {
+            self.rate = self.rate.min(100);
+            self.seconds = self.seconds.min(2);
+            self.writers = self.writers.min(8);
+        }
+        self
+    }
+}
+
 #[derive(Default)]
 struct Visibility {
     committed: Option<Instant>,
@@ -50,10 +62,12 @@ struct Visibility {
 
 type Tracker = Arc<Mutex<HashMap<EventKey, Visibility>>>;
 
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectionBenchReport {
     pub commands: usize,
     pub missed_schedule: usize,
     pub achieved_rate: f64,
+    /// p50, p90, p99, max.
     pub lag_ms: [f64; 4],
     pub lag_samples: usize,
     pub events: usize,
@@ -65,13 +79,9 @@ pub struct ProjectionBenchReport {
 
 pub async fn run(
     settings: &Settings,
-    mut args: ProjectionBenchArgs,
+    args: ProjectionBenchArgs,
 ) -> anyhow::Result<ProjectionBenchReport> {
-    if args.smoke {
-        args.rate = args.rate.min(100);
-        args.seconds = args.seconds.min(2);
-        args.writers = args.writers.min(8);
-    }
+    let args = args.effective();
     let db = BenchDatabase::create(settings, args.writers as u32 + 24).await?;
     let result = measure(&db, &args).await;
     db.drop_database().await?;
@@ -259,6 +269,28 @@ fn static_type(name: &str) -> &'static str {
     .unwrap_or("other")
 }
 
+/// How the lag is measured, with this run's parameters (also quoted by `bench system`).
+pub fn lag_method(args: &ProjectionBenchArgs) -> String {
+    format!(
+        "{} writers issue the workload open-loop at {} commands/s for {} s through the command bus; \
+         the daemon runs all {} projections; lag per event = last projection's batch commit − command return.",
+        args.writers,
+        args.rate,
+        args.seconds,
+        read_models::all().len()
+    )
+}
+
+/// How the rebuild is compared with its baseline (also quoted by `bench system`).
+pub fn rebuild_method(r: &ProjectionBenchReport) -> String {
+    format!(
+        "the log above ({} events); baseline = best of two ordered scans through the gap-safe reader \
+         (batches of {}, rows decoded); rebuild = one pass into shadow tables + swap.",
+        r.events,
+        crate::projection_ops::REBUILD_BATCH
+    )
+}
+
 fn print(args: &ProjectionBenchArgs, r: &ProjectionBenchReport) {
     println!(
         "## Projections ({})",
@@ -273,14 +305,7 @@ fn print(args: &ProjectionBenchArgs, r: &ProjectionBenchReport) {
     );
     println!();
     println!("### Lag: commit to read model visible");
-    println!(
-        "Method: {} writers issue the workload open-loop at {} commands/s for {} s through the command bus; \
-         the daemon runs all {} projections; lag per event = last projection's batch commit − command return.",
-        args.writers,
-        args.rate,
-        args.seconds,
-        read_models::all().len()
-    );
+    println!("Method: {}", lag_method(args));
     println!();
     println!("| commands | achieved/s | missed slots | events timed | p50 ms | p90 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -297,7 +322,7 @@ fn print(args: &ProjectionBenchArgs, r: &ProjectionBenchReport) {
     );
     println!();
     println!("### Rebuild of all projections vs raw ordered scan");
-    println!("Method: the log above ({} events); baseline = best of two ordered scans through the gap-safe reader (batches of 5000, rows decoded); rebuild = one pass into shadow tables + swap.", r.events);
+    println!("Method: {}", rebuild_method(r));
     println!();
     println!("| raw scan events/s | rebuild events/s | rebuild / scan | fold alone events/s | fold / scan |");
     println!("|---|---|---|---|---|");
