@@ -8,7 +8,8 @@
 //!   interaction, the causation id (the request or event that caused it), the command's id,
 //!   its type and its idempotency key.
 //! - **Bounded retries** of optimistic-concurrency conflicts, each reloading the aggregate; past
-//!   the bound the caller gets [`CommandError::Conflict`].
+//!   the bound the caller gets [`CommandError::Conflict`]. Within one process, commands on the
+//!   same stream take turns ([`crate::stream_locks`]), so conflicts arise only between replicas.
 //! - **Idempotency**: a trigger records a receipt for every command in the same transaction as
 //!   its events (migration `event_store`). A command repeated with the same idempotency key (or
 //!   retried after an ambiguous failure) finds the receipt and gets the first result back,
@@ -16,6 +17,7 @@
 
 use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use crate::event_repository::EventRepository;
+use crate::stream_locks::StreamLocks;
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use rand::Rng;
 use serde::Serialize;
@@ -186,6 +188,7 @@ pub struct CommandBus {
     /// Conflicts retried since start (each reloads and decides again): contention, for
     /// `/metrics` and the bench.
     conflict_retries: Arc<AtomicU64>,
+    streams: StreamLocks,
 }
 
 impl CommandBus {
@@ -196,6 +199,7 @@ impl CommandBus {
             services,
             settings,
             conflict_retries: Arc::default(),
+            streams: StreamLocks::default(),
         }
     }
 
@@ -231,6 +235,8 @@ impl CommandBus {
         let dedupe_key = context.dedupe_key(command_id);
         let metadata = event_metadata::<A>(&command, context, command_id);
         let store = self.reader.store::<A>();
+        // Commands of this process on the same stream take turns rather than conflict.
+        let _turn = self.streams.turn(A::TYPE, aggregate_id).await;
 
         for attempt in 1..=self.settings.max_attempts {
             // A repeat of a command that already committed (same idempotency key, or our own

@@ -13,6 +13,7 @@ pub mod bus;
 pub mod event_repository;
 pub mod migrations;
 pub mod ports;
+pub mod stream_locks;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "workload")]

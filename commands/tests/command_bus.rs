@@ -180,12 +180,13 @@ async fn concurrent_repeats_of_one_key_are_applied_exactly_once() {
 }
 
 #[tokio::test]
-async fn concurrent_writers_on_one_stream_are_retried_until_all_apply() {
+async fn concurrent_commands_on_one_stream_in_one_process_take_turns() {
     let db = TestDatabase::new().await;
+    // One attempt each: a conflict would be an error, so every command must get its turn.
     let bus = bus(
         &db,
         BusSettings {
-            max_attempts: 50,
+            max_attempts: 1,
             ..BusSettings::default()
         },
     );
@@ -205,7 +206,40 @@ async fn concurrent_writers_on_one_stream_are_retried_until_all_apply() {
     for result in results {
         result.unwrap();
     }
+    assert_eq!(bus.conflict_retries(), 0, "no command lost a race");
     let state: AchievementProgress = bus.reader().load(&student.to_string()).await.unwrap();
+    assert_eq!(state.count(Feature::WordCards), 12, "no increment was lost");
+}
+
+#[tokio::test]
+async fn concurrent_writers_on_one_stream_from_two_replicas_are_retried_until_all_apply() {
+    let db = TestDatabase::new().await;
+    let settings = BusSettings {
+        max_attempts: 50,
+        ..BusSettings::default()
+    };
+    let replicas = [bus(&db, settings), bus(&db, settings)];
+    let student = UserId::new();
+    let results = join_all((0..12).map(|i| {
+        let bus = replicas[i % 2].clone();
+        async move {
+            bus.execute::<AchievementProgress>(
+                &student.to_string(),
+                track(1),
+                &student_context(student),
+            )
+            .await
+        }
+    }))
+    .await;
+    for result in results {
+        result.unwrap();
+    }
+    let state: AchievementProgress = replicas[0]
+        .reader()
+        .load(&student.to_string())
+        .await
+        .unwrap();
     assert_eq!(state.count(Feature::WordCards), 12, "no increment was lost");
 }
 
