@@ -338,6 +338,7 @@ async fn subscriptions(
     let read = m.state.read.clone();
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .read_buffer_size(crate::hub::transport::SOCKET_READ_BUFFER)
         .on_upgrade(move |socket| {
             GraphQLWebSocket::new(socket, m.schema.clone(), protocol)
                 .on_connection_init(move |payload| async move {

@@ -15,9 +15,9 @@
 //!   retried after an ambiguous failure) finds the receipt and gets the first result back,
 //!   appending nothing.
 
-use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use crate::event_repository::EventRepository;
 use crate::stream_locks::StreamLocks;
+use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use rand::Rng;
 use serde::Serialize;

@@ -92,10 +92,11 @@ async fn every_event_carries_its_metadata_and_log_columns() {
         payload.get("ProgressRecorded").is_some(),
         "payload is the event as jsonb: {payload}"
     );
-    let sequences: Vec<i64> = sqlx::query_scalar("SELECT sequence FROM events ORDER BY global_position")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let sequences: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM events ORDER BY global_position")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(sequences, [1, 2], "appended in the command's order");
     let receipt: (i64, i64) = sqlx::query_as(
         "SELECT first_sequence, last_sequence FROM command_receipts WHERE dedupe_key = $1",
@@ -334,13 +335,20 @@ async fn conflicted_assignment(max_attempts: u32) -> (Result<usize, String>, u64
 
 #[tokio::test]
 async fn a_conflict_is_retried_by_reloading_the_aggregate() {
-    assert_eq!(conflicted_assignment(2).await, (Ok(1), 1), "applied after one retry");
+    assert_eq!(
+        conflicted_assignment(2).await,
+        (Ok(1), 1),
+        "applied after one retry"
+    );
 }
 
 #[tokio::test]
 async fn a_conflict_past_the_bound_is_a_clear_error() {
     let (outcome, retries) = conflicted_assignment(1).await;
-    assert_eq!(retries, 0, "the last attempt's conflict is reported, not retried");
+    assert_eq!(
+        retries, 0,
+        "the last attempt's conflict is reported, not retried"
+    );
     let error = outcome.unwrap_err();
     assert!(
         error.contains("changed concurrently 1 times"),

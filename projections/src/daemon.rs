@@ -98,6 +98,12 @@ enum Woke {
     ShuttingDown,
 }
 
+/// Shutdown was asked for, or whoever could ask has gone (a dropped sender must stop the
+/// loops, not make every `pause` return at once and spin them).
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
 /// Waits for `duration`, a wake-up, or shutdown — whichever comes first.
 async fn pause(
     duration: Duration,
@@ -118,7 +124,7 @@ async fn pause(
 }
 
 async fn wake_on_commit(log: EventLog, waker: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    while !*shutdown.borrow() {
+    while !stopping(&shutdown) {
         let mut listener = match log.listen().await {
             Ok(listener) => listener,
             Err(e) => {
@@ -154,7 +160,7 @@ async fn follow(
     observer: Option<Arc<BatchObserver>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    while !*shutdown.borrow() {
+    while !stopping(&shutdown) {
         let mut conn = match pool.acquire().await {
             Ok(conn) => conn.detach(),
             Err(e) => {
@@ -186,7 +192,7 @@ async fn follow(
         }
         tracing::info!(projections = projections.len(), "following the log");
         let mut idle = settings.idle_poll_min;
-        while !*shutdown.borrow() {
+        while !stopping(&shutdown) {
             let outcome = runner::next_group_batch(
                 &mut conn,
                 &projections,

@@ -365,3 +365,16 @@ async fn a_rebuild_swaps_in_while_reads_and_the_live_daemon_continue() {
     stop.send(true).unwrap();
     daemon.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_daemon_whose_owner_went_away_stops_even_without_a_database() {
+    let db = TestDatabase::new().await;
+    let (stop, daemon) = start(&db, vec![Arc::new(GameConfigs)]);
+    // The database goes first (every acquire now fails), then whoever could stop the daemon.
+    db.pool.close().await;
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(60), daemon)
+        .await
+        .expect("the daemon stops instead of spinning on its failed pauses")
+        .unwrap();
+}

@@ -221,7 +221,13 @@ impl Consumer {
             }
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.expect("never closed"),
-                _ = shutdown.changed() => continue,
+                changed = shutdown.changed() => {
+                    // A dropped sender means nobody can stop us later: stop now.
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
             };
             match self.bus.receive(self.queue, self.config.receive_wait).await {
                 Ok(Some(message)) => {

@@ -61,7 +61,7 @@ mod presence;
 pub mod protocol;
 mod registry;
 mod stream;
-mod transport;
+pub(crate) mod transport;
 
 pub use azure::{AzureError, AzureSignalR, Redirect, AZURE_HUB};
 pub use feed::run_feed;

@@ -75,10 +75,11 @@ pub fn method(concurrencies: &[usize], seconds: u64) -> String {
          minted with the manager's secret; manager pool of {} connections), through the command \
          bus (cqrs-es/postgres-es) into `events`. Closed loop, {seconds} s per point, concurrency \
          {concurrencies:?}: distinct = each client its own student (own deck stream), shared = \
-         every client the same student (one deck stream). Throughput = ok mutations / s; latency \
+         every client the same student (one deck stream); every point starts with students whose \
+         decks are empty. Throughput = ok mutations / s; latency \
          = request sent → response read; errors by GraphQL `extensions.code`; conflict retries = \
          increase of `{CONFLICT_RETRIES}` on the manager's /metrics over the point (n/a when not \
-         exported). Then open loop at half the peak distinct throughput for {seconds} s over the \
+         exported). Then open loop at half the peak distinct throughput for {seconds} s over fresh \
          distinct students, latency from each request's scheduled start.",
         super::deployment::MANAGER_DB_CONNECTIONS
     )
@@ -92,20 +93,29 @@ pub async fn run(
 ) -> anyhow::Result<CommandPathFigures> {
     let duration = Duration::from_secs(seconds);
     let sequence = Arc::new(AtomicU64::new(0));
+    anyhow::ensure!(
+        students.len() >= students_needed(concurrencies),
+        "the command path needs {} students, {} enrolled",
+        students_needed(concurrencies),
+        students.len()
+    );
+    // Every point starts from empty decks: a deck is one aggregate, and one that grew in an
+    // earlier point would make a later point measure a bigger load, not the concurrency.
+    let mut fresh = students.iter();
     let mut points = Vec::new();
     for streams in [Streams::Distinct, Streams::Shared] {
         for &concurrency in concurrencies {
-            anyhow::ensure!(
-                students.len() >= concurrency,
-                "{concurrency} clients need as many students, {} enrolled",
-                students.len()
-            );
-            let tokens: Vec<String> = (0..concurrency)
-                .map(|client| match streams {
-                    Streams::Distinct => students[client].token.clone(),
-                    Streams::Shared => students[0].token.clone(),
-                })
-                .collect();
+            let tokens: Vec<String> = match streams {
+                Streams::Distinct => fresh
+                    .by_ref()
+                    .take(concurrency)
+                    .map(|s| s.token.clone())
+                    .collect(),
+                Streams::Shared => {
+                    let shared = fresh.next().expect("counted above");
+                    vec![shared.token.clone(); concurrency]
+                }
+            };
             let before = manager.counter(CONFLICT_RETRIES).await?;
             let (elapsed, latencies, errors) =
                 closed_loop(manager, tokens, duration, &sequence).await?;
@@ -136,10 +146,13 @@ pub async fn run(
         .filter(|p| p.streams == Streams::Distinct)
         .map(|p| p.throughput)
         .fold(0.0, f64::max);
-    let open_loop_students = &students[..concurrencies.iter().copied().max().unwrap_or(1)];
+    let open_loop_students: Vec<Member> = fresh
+        .take(concurrencies.iter().copied().max().unwrap_or(1))
+        .cloned()
+        .collect();
     let half_peak = open_loop(
         manager,
-        open_loop_students,
+        &open_loop_students,
         peak_distinct_throughput / 2.0,
         duration,
         &sequence,
@@ -154,6 +167,14 @@ pub async fn run(
         peak_distinct_throughput,
         half_peak,
     })
+}
+
+/// Students the section uses: fresh ones for every point and for the open-loop point.
+pub fn students_needed(concurrencies: &[usize]) -> usize {
+    let distinct: usize = concurrencies.iter().sum();
+    let shared = concurrencies.len();
+    let open_loop = concurrencies.iter().copied().max().unwrap_or(1);
+    distinct + shared + open_loop
 }
 
 fn increase(before: Option<f64>, after: Option<f64>) -> Option<f64> {

@@ -111,7 +111,7 @@ impl Plan {
 
     fn students(&self) -> usize {
         self.connections
-            .max(self.concurrencies.iter().copied().max().unwrap_or(1))
+            .max(command_path::students_needed(&self.concurrencies))
     }
 
     fn teachers(&self) -> usize {
