@@ -156,7 +156,7 @@ type Store<A> = PersistedEventStore<EventRepository, A>;
 impl AggregateReader {
     pub fn new(pool: PgPool, settings: BusSettings) -> Self {
         Self {
-            repository: EventRepository::new(pool),
+            repository: EventRepository::new(pool, settings.snapshot_every),
             snapshot_every: settings.snapshot_every,
         }
     }

@@ -12,9 +12,19 @@
 //!   statement and therefore its own transaction — atomic, one round trip, the same rows, the
 //!   same triggers (receipts, NOTIFY) and the same unique key doing optimistic concurrency.
 //!
-//! Everything else — snapshots, their optimistic update (which needs a row count checked
-//! before commit), replay streams — is postgres-es's own code, delegated unchanged. The table
-//! layout is postgres-es's too (`migrations/…_event_store.sql`).
+//! - **Snapshots** (every `snapshot_every` events) are written by the same statement as the
+//!   events, as an upsert. The events' unique key already decides who wins a race, so the
+//!   snapshot needs no optimistic check of its own; it only never moves backwards. An upsert
+//!   also replaces a snapshot that no longer deserializes (the aggregate's shape changed):
+//!   cqrs-es then replays the stream and writes snapshot number 1 again, which postgres-es's
+//!   plain INSERT would refuse as a conflict on every later attempt. And the snapshot is
+//!   filed at the last event it *folds*: cqrs-es folds only up to the last multiple of
+//!   `snapshot_every` inside a commit, while postgres-es files it at the commit's last event,
+//!   so a later load skipped the events in between (a multi-event command crossing a
+//!   snapshot boundary lost its tail from the aggregate's state).
+//!
+//! Reading snapshots and replay streams is postgres-es's own code, delegated unchanged. The
+//! table layout is postgres-es's too (`migrations/…_event_store.sql`).
 
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
@@ -40,22 +50,48 @@ SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, e.metadata
        WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n)
  ORDER BY e.n";
 
+/// [`APPEND`] and, in the same statement, the snapshot.
+const APPEND_WITH_SNAPSHOT: &str = "
+WITH appended AS (
+INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, e.metadata
+  FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
+       WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n)
+ ORDER BY e.n
+RETURNING 1)
+INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+VALUES ($1, $2, $8, $9, $10)
+ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+   SET last_sequence = EXCLUDED.last_sequence, current_snapshot = EXCLUDED.current_snapshot,
+       payload = EXCLUDED.payload
+ WHERE snapshots.last_sequence < EXCLUDED.last_sequence";
+
 #[derive(Clone)]
 pub struct EventRepository {
     pool: PgPool,
+    /// The store's snapshot interval, to know how far a snapshot folds (see the module).
+    snapshot_every: usize,
     /// Shared: building one formats its SQL, which a per-command clone need not repeat.
     postgres_es: Arc<PostgresEventRepository>,
 }
 
 impl EventRepository {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, snapshot_every: usize) -> Self {
         Self {
             postgres_es: Arc::new(PostgresEventRepository::new(pool.clone())),
             pool,
+            snapshot_every: snapshot_every.max(1),
         }
     }
 
-    async fn append<A: Aggregate>(&self, events: &[SerializedEvent]) -> Result<(), sqlx::Error> {
+
+
+    /// One statement: the events, and the snapshot when one is due.
+    async fn append<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot: Option<(Value, usize)>,
+    ) -> Result<(), sqlx::Error> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -71,18 +107,41 @@ impl EventRepository {
             payloads.push(&event.payload);
             metadata.push(&event.metadata);
         }
-        sqlx::query(APPEND)
-            .bind(A::TYPE)
-            .bind(first.aggregate_id.as_str())
-            .bind(sequences)
-            .bind(types)
-            .bind(versions)
-            .bind(payloads)
-            .bind(metadata)
-            .execute(&self.pool)
-            .await?;
+        let query = sqlx::query(match snapshot {
+            None => APPEND,
+            Some(_) => APPEND_WITH_SNAPSHOT,
+        })
+        .bind(A::TYPE)
+        .bind(first.aggregate_id.as_str())
+        .bind(sequences)
+        .bind(types)
+        .bind(versions)
+        .bind(payloads)
+        .bind(metadata);
+        let query = match snapshot {
+            None => query,
+            Some((state, number)) => {
+                let previous = first.sequence - 1;
+                let folded = folded(self.snapshot_every, previous, events.len());
+                query
+                    .bind((previous + folded) as i64)
+                    .bind(number as i64)
+                    .bind(state)
+            }
+        };
+        query.execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// How many of a commit's `count` events, appended after `previous`, cqrs-es folds into the
+/// snapshot it hands over: up to the last multiple of the interval they reach
+/// (`SourceOfTruth::commit_snapshot_with_addl_events`).
+fn folded(snapshot_every: usize, previous: usize, count: usize) -> usize {
+    let reached = previous + count;
+    (reached - reached % snapshot_every)
+        .saturating_sub(previous)
+        .min(count)
 }
 
 /// postgres-es's reading of database errors: a unique violation (the event key, or the
@@ -134,12 +193,10 @@ impl PersistedEventRepository for EventRepository {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        match snapshot_update {
-            None => self.append::<A>(events).await.map_err(persistence_error),
-            // Once every `snapshot_every` events: postgres-es's transaction, which checks the
-            // snapshot's optimistic update before it commits.
-            snapshot => self.postgres_es.persist::<A>(events, snapshot).await,
-        }
+        let snapshot = snapshot_update.map(|(_, state, number)| (state, number));
+        self.append::<A>(events, snapshot)
+            .await
+            .map_err(persistence_error)
     }
 
     async fn stream_events<A: Aggregate>(
@@ -151,5 +208,24 @@ impl PersistedEventRepository for EventRepository {
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         self.postgres_es.stream_all_events::<A>().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cqrs-es's own `test_source_of_truth` cases (interval, previous, count → folded), and
+    /// the ones that stop short of the commit's last event.
+    #[test]
+    fn a_snapshot_folds_up_to_the_last_interval_its_commit_reaches() {
+        assert_eq!(folded(5, 5, 3), 0);
+        assert_eq!(folded(4, 5, 3), 3);
+        assert_eq!(folded(4, 5, 4), 3);
+        assert_eq!(folded(4, 5, 8), 7);
+        assert_eq!(folded(3, 5, 3), 1); // stops at 6: 7 and 8 come after it
+        assert_eq!(folded(2, 5, 2), 1); // stops at 6: 7 is not folded
+        assert_eq!(folded(100, 99, 2), 1);
+        assert_eq!(folded(100, 0, 250), 200);
     }
 }

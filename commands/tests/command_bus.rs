@@ -471,3 +471,76 @@ async fn snapshots_hold_each_event_once() {
     let state: Exercise = bus.reader().load(&exercise.to_string()).await.unwrap();
     assert_eq!(state.attempts().len(), 5);
 }
+
+/// A command whose events cross a snapshot boundary: cqrs-es folds the snapshot only up to
+/// the boundary, so it must be filed there — filed at the command's last event (postgres-es),
+/// a load skipped the events after the boundary.
+#[tokio::test]
+async fn a_snapshot_inside_a_command_keeps_the_events_after_it() {
+    let db = TestDatabase::new().await;
+    let bus = bus(
+        &db,
+        BusSettings {
+            snapshot_every: 2,
+            ..BusSettings::default()
+        },
+    );
+    let student = UserId::new();
+    let context = student_context(student);
+    // 1: progress + first unlock (1, 2); 2: progress (3); 3: progress + unlock at 3 (4, 5),
+    // whose snapshot folds only event 4.
+    for _ in 0..3 {
+        bus.execute::<AchievementProgress>(&student.to_string(), track(1), &context)
+            .await
+            .unwrap();
+    }
+    let (last_sequence,): (i64,) = sqlx::query_as(
+        "SELECT last_sequence FROM snapshots WHERE aggregate_type = 'AchievementProgress' AND aggregate_id = $1",
+    )
+    .bind(student.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(last_sequence, 4, "filed at the last event it folds");
+    let state: AchievementProgress = bus.reader().load(&student.to_string()).await.unwrap();
+    assert_eq!(state.count(Feature::WordCards), 3);
+    assert!(
+        state.is_unlocked("word_cards_3"),
+        "the unlock after the snapshot is part of the state"
+    );
+}
+
+/// A snapshot the aggregate can no longer read (its shape changed) is replaced, not a
+/// conflict on every later command.
+#[tokio::test]
+async fn an_unreadable_snapshot_is_replaced_on_the_next_snapshot() {
+    let db = TestDatabase::new().await;
+    let bus = bus(
+        &db,
+        BusSettings {
+            snapshot_every: 2,
+            max_attempts: 1,
+        },
+    );
+    let student = UserId::new();
+    let context = student_context(student);
+    bus.execute::<AchievementProgress>(&student.to_string(), track(1), &context)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE snapshots SET payload = '{\"an\": \"older shape\"}'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        bus.execute::<AchievementProgress>(&student.to_string(), track(1), &context)
+            .await
+            .unwrap();
+    }
+    let state: AchievementProgress = bus.reader().load(&student.to_string()).await.unwrap();
+    assert_eq!(state.count(Feature::WordCards), 5);
+    let payload: Value = sqlx::query_scalar("SELECT payload FROM snapshots")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(payload.get("an").is_none(), "replaced: {payload}");
+}
