@@ -84,8 +84,6 @@ impl EventRepository {
         }
     }
 
-
-
     /// One statement: the events, and the snapshot when one is due.
     async fn append<A: Aggregate>(
         &self,

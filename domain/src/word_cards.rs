@@ -111,13 +111,12 @@ impl DomainError for WordCardError {
     }
 }
 
-/// One card as the deck remembers it; its texts stay sealed.
+/// One card as the deck's rules need it: that it exists, and whether it is learned. The texts
+/// live in the events and the read model; kept here, they made every load of a big deck parse
+/// and copy kilobytes of sealed text that no rule reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WordCard {
     pub card_id: WordCardId,
-    pub hebrew: Sealed,
-    pub english: Sealed,
-    pub explanation: Option<Sealed>,
     pub is_learned: bool,
 }
 
@@ -226,17 +225,11 @@ impl Aggregate for WordCardDeck {
     fn apply(&mut self, event: Self::Event) {
         match event {
             WordCardEvent::WordCardAdded {
-                card_id,
-                hebrew,
-                english,
-                explanation,
+                card_id, hebrew, ..
             } => {
                 self.owner.get_or_insert(hebrew.subject);
                 self.cards.push(WordCard {
                     card_id,
-                    hebrew,
-                    english,
-                    explanation,
                     is_learned: false,
                 });
             }
