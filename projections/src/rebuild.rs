@@ -236,6 +236,7 @@ async fn fold(
     while let Some(batch) = batches.recv().await {
         let last = batch.last().expect("the reader never sends an empty batch");
         let mut tx = conn.begin().await?;
+        not_durable_yet(&mut tx).await?;
         for target in &share.targets {
             checkpoint::lock(&mut tx, &target.checkpoint).await?;
         }
@@ -261,6 +262,18 @@ async fn fold(
         events,
         position,
     })
+}
+
+/// The shadows' transactions do not wait for their commit to reach the disk: a rebuild that
+/// crashes starts over from scratch anyway (it drops its shadow schemas first), and the swap
+/// commits synchronously, which flushes the write-ahead log up to it — every shadow row and
+/// index included — before the live tables are replaced. Nothing is UNLOGGED: a crash loses
+/// at most the last shadow transactions, whole, never part of one.
+const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit TO off;";
+
+async fn not_durable_yet(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(ASYNC_COMMIT).execute(tx).await?;
+    Ok(())
 }
 
 /// Applies `events` to every shadow of `projections`, inside `tx`.
@@ -349,7 +362,7 @@ async fn create_shadow_tables(
     share: &Share<'_>,
     definitions: &LiveDefinitions,
 ) -> Result<(), sqlx::Error> {
-    let mut script = String::new();
+    let mut script = format!("{ASYNC_COMMIT}\n");
     for (projection, target) in share.projections.iter().zip(&share.targets) {
         let shadow = &target.schema;
         script += &format!("DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow};\n");
@@ -369,8 +382,9 @@ async fn create_shadow_tables(
             target.checkpoint
         );
     }
-    sqlx::raw_sql(&script).execute(&mut *conn).await?;
-    Ok(())
+    let mut tx = conn.begin().await?;
+    sqlx::raw_sql(&script).execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 /// The live tables' other indexes, recreated on a share's shadows under the same names.
@@ -395,7 +409,11 @@ async fn create_secondary_indexes(
         }
     }
     if !script.is_empty() {
-        sqlx::raw_sql(&script).execute(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql(&format!("{ASYNC_COMMIT}\n{script}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
     }
     Ok(())
 }
