@@ -143,9 +143,10 @@ pub async fn rebuild_all(
     // A folder that failed dropped its channel, which stops the reader; a reader that failed
     // closed every channel, which looks like the end of the log to the folders: its own
     // result says which it was.
+    // The reader is never aborted: a join error is its panic, passed on as a call would.
     let read = reader
         .await
-        .map_err(|e| RebuildError::Halted(format!("the log reader panicked: {e}")))?;
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let folded = folded?;
     let (events_read, position) = read?;
     debug_assert!(folded
@@ -185,8 +186,9 @@ pub async fn rebuild_all(
     })
 }
 
-/// How many folders: one per projection up to [`MAX_FOLDERS`], leaving at least half the pool
-/// (besides the reader's and the swap's connections) to everyone else.
+/// How many folders: one per projection up to [`MAX_FOLDERS`], taking at most half of the pool
+/// (the reader holds one more). Never more connections than the pool has, so the folders can
+/// never wait on each other for one; the swap's comes back from a folder.
 fn folder_count(pool: &PgPool, projections: usize) -> usize {
     let spare = (pool.options().get_max_connections() as usize).saturating_sub(1) / 2;
     projections.min(MAX_FOLDERS).min(spare).max(1)
