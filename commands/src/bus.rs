@@ -1,7 +1,8 @@
 //! The command bus: the one way anything changes.
 //!
 //! It runs a command through cqrs-es over postgres-es — load the aggregate (from its snapshot
-//! plus the events after it), let the aggregate decide, append the events — and adds what
+//! plus the events after it, one query: [`crate::event_repository`]), let the aggregate
+//! decide, append the events — and adds what
 //! cqrs-es leaves to us:
 //!
 //! - **Metadata on every event**: who issued the command, the correlation id of the whole
@@ -169,13 +170,11 @@ impl AggregateReader {
     /// An aggregate's current state (the default state when it has no events). For ports and
     /// read-your-write checks; queries are served from projections, not from this.
     pub async fn load<A: Aggregate>(&self, aggregate_id: &str) -> Result<A, String> {
-        use cqrs_es::AggregateContext;
-        let mut context = self
-            .store::<A>()
-            .load_aggregate(aggregate_id)
+        self.repository
+            .load::<A>(aggregate_id)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(std::mem::take(context.aggregate()))
+            .map(|context| context.aggregate)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -252,7 +251,7 @@ impl CommandBus {
 
             let outcome = async {
                 use cqrs_es::AggregateContext;
-                let mut loaded = store.load_aggregate(aggregate_id).await?;
+                let mut loaded = self.reader.repository.load::<A>(aggregate_id).await?;
                 // The sink applies each event to the aggregate it is handed, and a snapshot
                 // commit applies the new events to the loaded aggregate again: deciding on a
                 // copy keeps the loaded state as it was, so snapshots never double-apply.

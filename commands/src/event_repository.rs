@@ -3,10 +3,11 @@
 //! Every command loads its aggregate and appends what it decided. Profiling the command path
 //! showed postgres-es spending round trips where one does:
 //!
-//! - **Load** reads the events after the snapshot with the snapshot's sequence *formatted into
-//!   the SQL text*, so each distinct sequence is a new statement: sqlx parses and describes it
-//!   (an extra round trip), and the per-connection statement cache churns. Here the sequence is
-//!   a bound parameter of one prepared statement.
+//! - **Load** is two queries in cqrs-es (the snapshot, then the events after it), the second
+//!   with the snapshot's sequence *formatted into the SQL text*, so each distinct sequence is a
+//!   new statement: sqlx parses and describes it (another round trip), and the per-connection
+//!   statement cache churns. Here [`EventRepository::load`] reads the snapshot and the events
+//!   after it in one prepared statement and folds them as cqrs-es would.
 //! - **Append** opens a transaction, inserts the events one statement at a time and commits:
 //!   2 + n round trips. Here the events go in as one `INSERT … SELECT FROM unnest(…)`, a single
 //!   statement and therefore its own transaction — atomic, one round trip, the same rows, the
@@ -26,13 +27,14 @@
 //! Reading snapshots and replay streams is postgres-es's own code, delegated unchanged. The
 //! table layout is postgres-es's too (`migrations/…_event_store.sql`).
 
+use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
-use cqrs_es::Aggregate;
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope};
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use std::sync::Arc;
 
 const EVENTS_AFTER: &str = "
@@ -40,6 +42,21 @@ SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payloa
   FROM events
  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
  ORDER BY sequence";
+
+/// The snapshot (kind 0) and then the events after it (kind 1), in sequence order.
+const SNAPSHOT_AND_EVENTS_AFTER: &str = "
+WITH snapshot AS (
+    SELECT last_sequence, current_snapshot, payload FROM snapshots
+     WHERE aggregate_type = $1 AND aggregate_id = $2)
+SELECT 0 AS kind, last_sequence AS sequence, current_snapshot, payload,
+       NULL::text AS event_type, NULL::text AS event_version, NULL::jsonb AS metadata
+  FROM snapshot
+UNION ALL
+SELECT 1, sequence, NULL, payload, event_type, event_version, metadata
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+   AND sequence > coalesce((SELECT last_sequence FROM snapshot), 0)
+ORDER BY kind, sequence";
 
 /// The column list and order are postgres-es's insert; `WITH ORDINALITY … ORDER BY` keeps the
 /// command's events in sequence order, so the receipt trigger sees them first to last.
@@ -82,6 +99,65 @@ impl EventRepository {
             pool,
             snapshot_every: snapshot_every.max(1),
         }
+    }
+
+    /// An aggregate as cqrs-es's snapshot store loads it — the snapshot, then the events after
+    /// it, upcast and applied — in one round trip. A snapshot that no longer deserializes is
+    /// ignored and the whole stream replayed (cqrs-es's rule), at the cost of a second query.
+    pub async fn load<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        let rows = sqlx::query(SNAPSHOT_AND_EVENTS_AFTER)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(persistence_error)?;
+        let mut context = EventStoreAggregateContext {
+            aggregate_id: aggregate_id.to_string(),
+            aggregate: A::default(),
+            current_sequence: 0,
+            current_snapshot: None,
+        };
+        let mut events = rows.as_slice();
+        if let Some((first, rest)) = rows.split_first() {
+            if first.get::<i32, _>("kind") == 0 {
+                events = rest;
+                match serde_json::from_value::<A>(first.get("payload")) {
+                    Ok(aggregate) => {
+                        context.aggregate = aggregate;
+                        context.current_sequence = first.get::<i64, _>("sequence") as usize;
+                        context.current_snapshot =
+                            Some(first.get::<i64, _>("current_snapshot") as usize);
+                    }
+                    Err(error) => {
+                        tracing::info!(
+                            aggregate = A::TYPE,
+                            aggregate_id,
+                            %error,
+                            "snapshot no longer readable; replaying the stream"
+                        );
+                        let all = self.postgres_es.get_events::<A>(aggregate_id).await?;
+                        apply_all(&mut context, all)?;
+                        return Ok(context);
+                    }
+                }
+            }
+        }
+        let serialized = events.iter().map(|row| {
+            SerializedEvent::new(
+                aggregate_id.to_string(),
+                row.get::<i64, _>("sequence") as usize,
+                A::TYPE.to_string(),
+                row.get("event_type"),
+                row.get("event_version"),
+                row.get("payload"),
+                row.get("metadata"),
+            )
+        });
+        apply_all(&mut context, serialized)?;
+        Ok(context)
     }
 
     /// One statement: the events, and the snapshot when one is due.
@@ -130,6 +206,22 @@ impl EventRepository {
         query.execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Upcasts and applies stored events in order, as cqrs-es's store does after a snapshot.
+fn apply_all<A: Aggregate>(
+    context: &mut EventStoreAggregateContext<A>,
+    events: impl IntoIterator<Item = SerializedEvent>,
+) -> Result<(), AggregateError<A::Error>> {
+    let upcasters = teachin_domain::upcasting::upcasters();
+    for event in events {
+        let event = teachin_domain::upcasting::upcast(event, &upcasters);
+        let envelope = EventEnvelope::<A>::try_from(event)
+            .map_err(|e| AggregateError::DeserializationError(Box::new(e)))?;
+        context.current_sequence = envelope.sequence;
+        context.aggregate.apply(envelope.payload);
+    }
+    Ok(())
 }
 
 /// How many of a commit's `count` events, appended after `previous`, cqrs-es folds into the

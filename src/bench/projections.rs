@@ -8,9 +8,10 @@
 //! start on schedule are counted, not hidden.
 //!
 //! **Rebuild.** On the log the load produced: the baseline is a raw ordered scan of `events`
-//! through the same gap-safe reader (batches of 5000, rows decoded); the figure is a full
-//! rebuild of every projection (one pass, shadow tables, swap), and separately its fold over
-//! the log without the fixed set-up and swap cost. All in events per second.
+//! through the same gap-safe reader (batches of 5000, rows decoded), best of two; the figure is
+//! a full rebuild of every projection (one pass, shadow tables, swap), best of two as well, and
+//! separately its fold over the log without the fixed set-up and swap cost. All in events per
+//! second.
 
 use super::{quantile, BenchDatabase};
 use crate::config::Settings;
@@ -214,9 +215,16 @@ async fn measure(
         let again = scan(db).await?;
         (again.0, again.1.min(scan_elapsed))
     };
+    // Like the scan, the best of two: each is a complete rebuild of every projection.
     let refs: Vec<&dyn Projection> = projections.iter().map(|p| &**p).collect();
-    let report =
+    let first = rebuild::rebuild_all(&db.pool, &refs, crate::projection_ops::REBUILD_BATCH).await?;
+    let second =
         rebuild::rebuild_all(&db.pool, &refs, crate::projection_ops::REBUILD_BATCH).await?;
+    let report = if second.elapsed < first.elapsed {
+        second
+    } else {
+        first
+    };
 
     Ok(ProjectionBenchReport {
         commands,
@@ -285,7 +293,8 @@ pub fn lag_method(args: &ProjectionBenchArgs) -> String {
 pub fn rebuild_method(r: &ProjectionBenchReport) -> String {
     format!(
         "the log above ({} events); baseline = best of two ordered scans through the gap-safe reader \
-         (batches of {}, rows decoded); rebuild = one pass into shadow tables + swap.",
+         (batches of {}, rows decoded); rebuild = best of two full rebuilds, each one pass into \
+         shadow tables + swap.",
         r.events,
         crate::projection_ops::REBUILD_BATCH
     )
