@@ -36,6 +36,11 @@ impl BenchDatabase {
         Ok(Self { server, name, pool })
     }
 
+    /// How to connect to the database, for a pool of another runtime.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.server.clone().database(&self.name)
+    }
+
     /// The database as a URL (password included), for processes that connect on their own:
     /// the roles `bench system` starts.
     pub fn url(&self) -> String {

@@ -2,8 +2,9 @@
 //!
 //! **Lag.** Student activity (the `workload` routine, every aggregate) is issued open-loop at a
 //! fixed rate through the real command bus, while the projection daemon runs every read model
-//! in the same process. For each appended event, lag = the instant the *last* projection
-//! committed a batch containing it − the instant the command that appended it returned
+//! in the same process, on a thread and runtime of its own (as in the accessor's own process).
+//! For each appended event, lag = the instant the *last* projection committed a batch
+//! containing it − the instant the command that appended it returned
 //! (commit acknowledged). Reported as p50 / p90 / p99 / max. Commands the writers could not
 //! start on schedule are counted, not hidden.
 //!
@@ -120,13 +121,28 @@ async fn measure(
         )
     };
     let (stop, stopped) = watch::channel(false);
-    let daemon = ProjectionDaemon::new(
-        db.pool.clone(),
-        projections.clone(),
-        DaemonSettings::default(),
-    )
-    .with_observer(observer);
-    let daemon = tokio::spawn(daemon.run(stopped));
+    // The daemon gets a thread, runtime and pool of its own, as it has a process of its own in
+    // the accessor: sharing the writers' runtime would queue its batches behind 32 writers'
+    // tasks and measure the bench's scheduling rather than the projections.
+    let daemon = {
+        let (options, projections) = (db.connect_options(), projections.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await?;
+                ProjectionDaemon::new(pool, projections, DaemonSettings::default())
+                    .with_observer(observer)
+                    .run(stopped)
+                    .await;
+                Ok(())
+            })
+        })
+    };
 
     let bus = command_bus(
         db.pool.clone(),
@@ -197,7 +213,9 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop.send(true);
-    daemon.await?;
+    tokio::task::spawn_blocking(move || daemon.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the projection daemon's thread panicked"))??;
     let mut lags: Vec<f64> = tracker
         .lock()
         .expect("tracker lock")
