@@ -37,22 +37,17 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 
-const EVENTS_AFTER: &str = "
-SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata
-  FROM events
- WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
- ORDER BY sequence";
-
 /// The snapshot (kind 0) and then the events after it (kind 1), in sequence order.
 const SNAPSHOT_AND_EVENTS_AFTER: &str = "
 WITH snapshot AS (
     SELECT last_sequence, current_snapshot, payload FROM snapshots
      WHERE aggregate_type = $1 AND aggregate_id = $2)
 SELECT 0 AS kind, last_sequence AS sequence, current_snapshot, payload,
+       NULL::text AS aggregate_type, NULL::text AS aggregate_id,
        NULL::text AS event_type, NULL::text AS event_version, NULL::jsonb AS metadata
   FROM snapshot
 UNION ALL
-SELECT 1, sequence, NULL, payload, event_type, event_version, metadata
+SELECT 1, sequence, NULL, payload, aggregate_type, aggregate_id, event_type, event_version, metadata
   FROM events
  WHERE aggregate_type = $1 AND aggregate_id = $2
    AND sequence > coalesce((SELECT last_sequence FROM snapshot), 0)
@@ -145,18 +140,10 @@ impl EventRepository {
                 }
             }
         }
-        let serialized = events.iter().map(|row| {
-            SerializedEvent::new(
-                aggregate_id.to_string(),
-                row.get::<i64, _>("sequence") as usize,
-                A::TYPE.to_string(),
-                row.get("event_type"),
-                row.get("event_version"),
-                row.get("payload"),
-                row.get("metadata"),
-            )
-        });
-        apply_all(&mut context, serialized)?;
+        apply_all(
+            &mut context,
+            events.iter().map(crate::bus::serialized_event),
+        )?;
         Ok(context)
     }
 
@@ -261,14 +248,11 @@ impl PersistedEventRepository for EventRepository {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let rows = sqlx::query(EVENTS_AFTER)
-            .bind(A::TYPE)
-            .bind(aggregate_id)
-            .bind(last_sequence as i64)
-            .fetch_all(&self.pool)
+        // Not on our path (`load` reads the snapshot and these events in one query); kept for
+        // the trait, as postgres-es has it.
+        self.postgres_es
+            .get_last_events::<A>(aggregate_id, last_sequence)
             .await
-            .map_err(persistence_error)?;
-        Ok(rows.iter().map(crate::bus::serialized_event).collect())
     }
 
     async fn get_snapshot<A: Aggregate>(
