@@ -563,6 +563,34 @@ impl SettingsSource<'_> {
 /// Accepts a URL (`postgres://user:pass@host:5432/db?sslmode=require`) or the ADO.NET form
 /// the .NET services and Key Vault use (`Host=h;Port=5432;Database=d;Username=u;Password=p`).
 pub fn parse_postgres(raw: &str) -> Result<PgConnectOptions, String> {
+    let options = parse_postgres_as_given(raw)?;
+    Ok(without_tls_on_loopback(raw, options))
+}
+
+/// When neither the settings nor `PGSSLMODE` choose an SSL mode and the server is on this
+/// machine, no TLS: bytes that never leave the host gain nothing from encryption, and on
+/// loopback the handshake and record layer cost the server about 7 % of its CPU
+/// (`bench/profile.md`). sqlx's default, `prefer`, negotiates TLS whenever the server offers
+/// it; a remote server keeps that default, and deployments name `require` (the chart does).
+fn without_tls_on_loopback(raw: &str, options: PgConnectOptions) -> PgConnectOptions {
+    let chosen =
+        raw.to_ascii_lowercase().contains("sslmode") || std::env::var_os("PGSSLMODE").is_some();
+    let host = options
+        .get_host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host.starts_with('/')
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if chosen || !loopback {
+        return options;
+    }
+    options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+}
+
+fn parse_postgres_as_given(raw: &str) -> Result<PgConnectOptions, String> {
     if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
         return PgConnectOptions::from_str(raw)
             .map_err(|e| format!("not a valid PostgreSQL URL: {e}"));
@@ -804,6 +832,28 @@ mod tests {
         assert_eq!(o.get_username(), "teachin");
         assert!(parse_postgres("Host=x;Colour=blue").is_err());
         assert!(parse_postgres("just words").is_err());
+    }
+
+    #[test]
+    fn tls_is_skipped_on_loopback_unless_asked_for() {
+        use sqlx::postgres::PgSslMode;
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return; // the environment chooses for every case below
+        }
+        let mode = |raw: &str| format!("{:?}", parse_postgres(raw).unwrap().get_ssl_mode());
+        let disabled = format!("{:?}", PgSslMode::Disable);
+        let preferred = format!("{:?}", PgSslMode::Prefer);
+        let required = format!("{:?}", PgSslMode::Require);
+        assert_eq!(mode("postgres://u@127.0.0.1/db"), disabled);
+        assert_eq!(mode("postgres://u@localhost:5432/db"), disabled);
+        assert_eq!(mode("postgres://u@[::1]/db"), disabled);
+        assert_eq!(mode("Host=127.0.0.1;Database=db;Username=u"), disabled);
+        assert_eq!(mode("postgres://u@pg.example/db"), preferred);
+        assert_eq!(mode("postgres://u@127.0.0.1/db?sslmode=require"), required);
+        assert_eq!(
+            mode("Host=localhost;Database=db;Username=u;SslMode=Require"),
+            required
+        );
     }
 
     #[test]

@@ -168,16 +168,42 @@ pub async fn read_after<'e, E: PgExecutor<'e>>(
     after: LogPosition,
     limit: i64,
 ) -> Result<Vec<LoggedEvent>, sqlx::Error> {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sql = SQL.get_or_init(|| {
+    read_settled(executor, after, limit, Metadata::Read).await
+}
+
+/// Whether a reader needs the events' metadata (who issued the command, correlation ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metadata {
+    Read,
+    /// Left out: `LoggedEvent::metadata` is `null`. The metadata is often larger than the
+    /// payload, and the read models never look at it, so their reads — the live daemon's and
+    /// a rebuild's — skip it (see `Projection::reads_metadata`).
+    Skipped,
+}
+
+/// The settled events after `after`, with or without their metadata.
+pub async fn read_settled<'e, E: PgExecutor<'e>>(
+    executor: E,
+    after: LogPosition,
+    limit: i64,
+    metadata: Metadata,
+) -> Result<Vec<LoggedEvent>, sqlx::Error> {
+    static WITH_METADATA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static WITHOUT_METADATA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql_for = |columns: &str| {
         format!(
-            "SELECT {COLUMNS} FROM public.events
+            "SELECT {columns} FROM public.events
               WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
                 AND {SETTLED}
               ORDER BY transaction_id, global_position
               LIMIT $3"
         )
-    });
+    };
+    let sql = match metadata {
+        Metadata::Read => WITH_METADATA.get_or_init(|| sql_for(COLUMNS)),
+        Metadata::Skipped => WITHOUT_METADATA
+            .get_or_init(|| sql_for(&COLUMNS.replace("metadata", "'null'::jsonb AS metadata"))),
+    };
     sqlx::query(sql)
         .bind(after.transaction_id.to_string())
         .bind(after.global_position)

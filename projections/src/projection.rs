@@ -10,7 +10,7 @@
 //! (load the rows the batch touches, apply, upsert with `UNNEST`), which is what makes a full
 //! rebuild run close to the speed of a raw scan of the log.
 
-use crate::log::LoggedEvent;
+use crate::log::{LoggedEvent, Metadata};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
@@ -174,6 +174,12 @@ pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The tables it owns in the `read_model` schema; a rebuild recreates exactly these.
     fn tables(&self) -> &'static [&'static str];
+    /// Whether `apply` looks at the events' metadata (`LoggedEvent::issued_by` and the
+    /// like). None of the read models does, so their batches are read without it; a
+    /// projection that needs it says so here and every batch it shares carries it.
+    fn reads_metadata(&self) -> bool {
+        false
+    }
     /// Applies `batch` (in log order, possibly including events it ignores) inside the
     /// batch transaction.
     async fn apply(
@@ -181,4 +187,13 @@ pub trait Projection: Send + Sync + 'static {
         batch: &[LoggedEvent],
         cx: &mut ApplyContext<'_>,
     ) -> Result<(), ApplyError>;
+}
+
+/// What a batch read for `projections` must carry: the metadata only when one of them reads it.
+pub fn metadata_for<'p>(projections: impl IntoIterator<Item = &'p dyn Projection>) -> Metadata {
+    if projections.into_iter().any(|p| p.reads_metadata()) {
+        Metadata::Read
+    } else {
+        Metadata::Skipped
+    }
 }

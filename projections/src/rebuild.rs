@@ -27,8 +27,8 @@
 //! A rebuild also clears a halt: it is how a fixed projection gets past a poisoned event.
 
 use crate::checkpoint;
-use crate::log::{read_after, LogPosition, LoggedEvent};
-use crate::projection::{ApplyContext, ApplyError, KeyRing, Projection};
+use crate::log::{read_settled, LogPosition, LoggedEvent, Metadata};
+use crate::projection::{metadata_for, ApplyContext, ApplyError, KeyRing, Projection};
 use crate::runner::{RunError, Target};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::Arc;
@@ -130,7 +130,8 @@ pub async fn rebuild_all(
     // The reader starts at once: the first batch is read while the shadows are created.
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..folders).map(|_| mpsc::channel(READ_AHEAD)).unzip();
-    let reader = tokio::spawn(read_log(pool.clone(), batch_size, senders));
+    let metadata = metadata_for(projections.iter().copied());
+    let reader = tokio::spawn(read_log(pool.clone(), batch_size, metadata, senders));
 
     let definitions = live_definitions(&mut *pool.acquire().await?, projections).await?;
     let folded = futures::future::try_join_all(
@@ -201,13 +202,14 @@ fn folder_count(pool: &PgPool, projections: usize) -> usize {
 async fn read_log(
     pool: PgPool,
     batch_size: i64,
+    metadata: Metadata,
     folders: Vec<mpsc::Sender<Arc<Vec<LoggedEvent>>>>,
 ) -> Result<(usize, LogPosition), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut position = LogPosition::START;
     let mut events = 0usize;
     loop {
-        let batch = read_after(&mut *conn, position, batch_size).await?;
+        let batch = read_settled(&mut *conn, position, batch_size, metadata).await?;
         let Some(last) = batch.last().map(|e| e.position) else {
             return Ok((events, position));
         };
@@ -316,7 +318,13 @@ async fn fold_next(
     from: LogPosition,
     batch_size: i64,
 ) -> Result<Option<(LogPosition, usize)>, RebuildError> {
-    let events = read_after(&mut *tx, from, batch_size).await?;
+    let events = read_settled(
+        &mut *tx,
+        from,
+        batch_size,
+        metadata_for(projections.iter().copied()),
+    )
+    .await?;
     let Some(last) = events.last().map(|e| e.position) else {
         return Ok(None);
     };

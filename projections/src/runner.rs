@@ -9,8 +9,8 @@
 //! projection on that event, recording its position and the error. It never skips it.
 
 use crate::checkpoint::{self, Status};
-use crate::log::{read_after, LogPosition, LoggedEvent};
-use crate::projection::{ApplyContext, ApplyError, KeyRing, Projection};
+use crate::log::{read_settled, LogPosition, LoggedEvent};
+use crate::projection::{metadata_for, ApplyContext, ApplyError, KeyRing, Projection};
 use sqlx::{Connection, PgConnection};
 
 /// Where a projection writes and which checkpoint tracks it: live, or a rebuild's shadow.
@@ -131,9 +131,14 @@ pub async fn next_batch_observed(
     if cp.status == Status::Halted {
         return Ok(BatchOutcome::Halted);
     }
-    let events = read_after(&mut *tx, cp.position, batch_size)
-        .await
-        .map_err(transient)?;
+    let events = read_settled(
+        &mut *tx,
+        cp.position,
+        batch_size,
+        metadata_for([projection]),
+    )
+    .await
+    .map_err(transient)?;
     if events.is_empty() {
         tx.commit().await.map_err(transient)?;
         return Ok(BatchOutcome::CaughtUp);
@@ -186,8 +191,8 @@ pub enum GroupOutcome {
 /// Applies the next batch to every running projection of `group` in ONE transaction: the
 /// checkpoint rows are locked together, the log is read once (from the least advanced
 /// checkpoint), each projection applies only the events past its own checkpoint, and all
-/// checkpoints move to the end of the batch. Eight projections then cost one read and one
-/// commit per batch instead of eight. The connection must have been readied with
+/// checkpoints move to the end of the batch. All the read models then cost one read and one
+/// commit per batch instead of one each. The connection must have been readied with
 /// [`prepare`] for every member (live targets: same schema).
 pub async fn next_group_batch(
     conn: &mut PgConnection,
@@ -223,7 +228,8 @@ pub async fn next_group_batch(
         tx.commit().await.map_err(transient)?;
         return Ok(GroupOutcome::CaughtUp);
     };
-    let events = read_after(&mut *tx, from, batch_size)
+    let metadata = metadata_for(running.iter().map(|(projection, _)| *projection));
+    let events = read_settled(&mut *tx, from, batch_size, metadata)
         .await
         .map_err(transient)?;
     let Some(last) = events.last().map(|e| e.position) else {

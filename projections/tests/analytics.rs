@@ -266,6 +266,21 @@ async fn seed_activity(pool: &PgPool) -> Seeded {
     .execute(pool)
     .await
     .unwrap();
+    // Content generation: the teacher's sentences (completed) and a student's word explanation
+    // (failed), on another model.
+    sqlx::query(
+        "INSERT INTO read_model.ai_generations (request_id, requester_id, task, requested_at,
+             completed_at, failed_at, model, prompt_tokens, completion_tokens, latency_ms, failure)
+         VALUES (gen_random_uuid(), $1, 'sentences', $3, $3, NULL, 'gen-y', 40, 60, 1000, NULL),
+                (gen_random_uuid(), $2, 'word_explanation', $3, NULL, $3, 'gen-y', NULL, NULL,
+                 500, 'model refused')",
+    )
+    .bind(teacher)
+    .bind(s2)
+    .bind(h(0, 17))
+    .execute(pool)
+    .await
+    .unwrap();
 
     Seeded { s1, s2, class }
 }
@@ -473,7 +488,41 @@ async fn trend_mistake_achievement_ai_and_registration_views_add_up() {
     );
 
     let ai = analytics.ai_usage_daily(date(0), date(0)).await.unwrap();
-    assert_eq!(ai.len(), 2);
+    assert_eq!(
+        ai.len(),
+        3,
+        "gpt-x (tutor), unknown (pending), gen-y (generation)"
+    );
+    let generation = ai.iter().find(|r| r.model == "gen-y").unwrap();
+    assert_eq!(
+        (generation.requests, generation.completed, generation.failed),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        (generation.prompt_tokens, generation.completion_tokens),
+        (40, 60)
+    );
+    assert_eq!(generation.avg_latency_ms, Some(750.0));
+    assert_eq!(
+        generation.students, 2,
+        "the teacher and the student who asked"
+    );
+    let by_feature: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT feature, model, requests, completed FROM analytics.ai_usage_by_feature_daily
+          ORDER BY feature, model",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        by_feature,
+        vec![
+            ("sentences".into(), "gen-y".into(), 1, 1),
+            ("tutor_reply".into(), "gpt-x".into(), 4, 3),
+            ("tutor_reply".into(), "unknown".into(), 1, 0),
+            ("word_explanation".into(), "gen-y".into(), 1, 0),
+        ]
+    );
     let gpt = ai.iter().find(|r| r.model == "gpt-x").unwrap();
     assert_eq!(
         (gpt.requests, gpt.completed, gpt.failed, gpt.pending),

@@ -313,13 +313,14 @@ fn every_projection_is_registered_with_its_tables() {
             "achievements",
             vec!["achievement_progress", "user_achievements"],
         ),
+        ("ai_generations", vec!["ai_generations"]),
     ] {
         assert!(
             catalogue.contains(&expected),
             "{expected:?} missing from {catalogue:?}"
         );
     }
-    assert_eq!(catalogue.len(), 8);
+    assert_eq!(catalogue.len(), 9);
 }
 
 // --- users ----------------------------------------------------------------------------------
@@ -1343,4 +1344,98 @@ async fn achievements_take_the_latest_count_and_every_unlock() {
     .await
     .unwrap();
     assert_eq!(distinct_times, 3);
+}
+
+#[tokio::test]
+async fn ai_generations_record_every_request_and_how_it_ended() {
+    use teachin_domain::generation::{AiUsage, GenerationCommand, GenerationRequest};
+    let world = World::new().await;
+    let student = UserId::new();
+    world
+        .register(student, Role::Student, "Dana", "dana@example.org")
+        .await;
+    let generation = |id: Uuid, command: GenerationCommand, actor: Actor| {
+        let bus = world.bus.clone();
+        async move {
+            bus.execute::<GenerationRequest>(&id.to_string(), command, &context(actor))
+                .await
+                .expect("generation command");
+        }
+    };
+    let asker = Actor::user(student, Role::Student);
+    let (explained, failed, pending) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for id in [explained, failed] {
+        generation(
+            id,
+            GenerationCommand::RequestWordExplanation {
+                requester: student,
+                word: "ספר".into(),
+                context: "קראתי ספר".into(),
+            },
+            asker,
+        )
+        .await;
+    }
+    generation(
+        pending,
+        GenerationCommand::RequestSentences {
+            requester: student,
+            game_type: GameType::WordOrder,
+            difficulty: Difficulty::Easy,
+            nikud: false,
+            count: 3,
+        },
+        asker,
+    )
+    .await;
+    generation(
+        explained,
+        GenerationCommand::CompleteWordExplanation {
+            definition: "book".into(),
+            explanation: "a thing you read".into(),
+            usage: AiUsage {
+                model: "gpt-x".into(),
+                prompt_tokens: 40,
+                completion_tokens: 60,
+                latency_ms: 900,
+            },
+        },
+        Actor::System,
+    )
+    .await;
+    generation(
+        failed,
+        GenerationCommand::FailGeneration {
+            reason: "the model refused".into(),
+            model: Some("gpt-x".into()),
+            latency_ms: 300,
+        },
+        Actor::System,
+    )
+    .await;
+
+    rebuild_every_way(world.pool(), &read_models::AiGenerations).await;
+    let sql = "SELECT task, requester_id::text AS requester, model, prompt_tokens,
+                      completion_tokens, latency_ms, completed_at IS NOT NULL AS completed,
+                      failed_at IS NOT NULL AS failed, failure
+                 FROM read_model.ai_generations WHERE request_id = $1";
+    let requester = student.to_string();
+    assert_eq!(
+        row(world.pool(), sql, explained).await,
+        json!({"task": "word_explanation", "requester": requester, "model": "gpt-x",
+               "prompt_tokens": 40, "completion_tokens": 60, "latency_ms": 900,
+               "completed": true, "failed": false, "failure": null})
+    );
+    assert_eq!(
+        row(world.pool(), sql, failed).await,
+        json!({"task": "word_explanation", "requester": requester, "model": "gpt-x",
+               "prompt_tokens": null, "completion_tokens": null, "latency_ms": 300,
+               "completed": false, "failed": true, "failure": "the model refused"})
+    );
+    assert_eq!(
+        row(world.pool(), sql, pending).await,
+        json!({"task": "sentences", "requester": requester, "model": null,
+               "prompt_tokens": null, "completion_tokens": null, "latency_ms": null,
+               "completed": false, "failed": false, "failure": null})
+    );
 }

@@ -11,6 +11,7 @@
 //! | `practice` | exercises, attempts, practice_summary |
 //! | `word_cards` | word_cards |
 //! | `achievements` | achievement_progress, user_achievements |
+//! | `ai_generations` | ai_generations |
 //!
 //! Enumerations are stored in the spelling serde writes them in the log (externally tagged
 //! unit variants: `"Student"`, `"En"`, `"Beginner"`, `"WordOrder"`, `"Medium"`...), so a value
@@ -23,6 +24,7 @@
 //! person's texts in their own tables, so no read model keeps what an erasure forgot.
 
 mod achievements;
+mod ai_generations;
 mod classrooms;
 mod game_configs;
 mod practice;
@@ -32,6 +34,7 @@ mod users;
 mod word_cards;
 
 pub use achievements::Achievements;
+pub use ai_generations::AiGenerations;
 pub use classrooms::Classrooms;
 pub use game_configs::GameConfigs;
 pub use practice::Practice;
@@ -63,6 +66,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(Practice),
         Arc::new(WordCards),
         Arc::new(Achievements),
+        Arc::new(AiGenerations),
     ]
 }
 
