@@ -1439,3 +1439,64 @@ async fn ai_generations_record_every_request_and_how_it_ended() {
                "completed": false, "failed": false, "failure": null})
     );
 }
+
+#[tokio::test]
+async fn read_models_read_the_log_without_metadata_unless_one_asks_for_it() {
+    use teachin_projections::log::{read_settled, Metadata};
+    use teachin_projections::projection::metadata_for;
+    use teachin_projections::LoggedEvent;
+    let world = World::new().await;
+    let student = UserId::new();
+    world
+        .register(student, Role::Student, "Noa", "noa@example.org")
+        .await;
+    let end = log_end(world.pool()).await;
+    async fn read(pool: &PgPool, end: LogPosition, metadata: Metadata) -> Vec<LoggedEvent> {
+        // The horizon is cluster-wide (see the module comment): read until the event shows.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let events = read_settled(pool, LogPosition::START, 10, metadata)
+                .await
+                .unwrap();
+            if events.last().is_some_and(|e| e.position >= end) || Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let with = read(world.pool(), end, Metadata::Read).await;
+    let without = read(world.pool(), end, Metadata::Skipped).await;
+    assert_eq!(with.len(), without.len());
+    assert!(with[0].issued_by() != "unknown", "{:?}", with[0].metadata);
+    assert_eq!(without[0].metadata, Value::Null);
+    assert_eq!(without[0].payload, with[0].payload);
+
+    // Every read model does without; one that reads metadata brings it to its whole group.
+    let catalogue = read_models::all();
+    assert_eq!(
+        metadata_for(catalogue.iter().map(|p| &**p)),
+        Metadata::Skipped
+    );
+    struct Auditing;
+    #[async_trait::async_trait]
+    impl Projection for Auditing {
+        fn name(&self) -> &'static str {
+            "auditing"
+        }
+        fn tables(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn reads_metadata(&self) -> bool {
+            true
+        }
+        async fn apply(
+            &self,
+            _: &[LoggedEvent],
+            _: &mut ApplyContext<'_>,
+        ) -> Result<(), teachin_projections::ApplyError> {
+            Ok(())
+        }
+    }
+    let group: Vec<&dyn Projection> = vec![&*catalogue[0], &Auditing];
+    assert_eq!(metadata_for(group), Metadata::Read);
+}
