@@ -134,21 +134,23 @@ pub async fn rebuild_all(
     let reader = tokio::spawn(read_log(pool.clone(), batch_size, metadata, senders));
 
     let definitions = live_definitions(&mut *pool.acquire().await?, projections).await?;
-    let folded = futures::future::try_join_all(
+    // Every folder runs to its own end, even after another failed: cancelling one mid-`BEGIN`
+    // would hand its connection back to the pool inside a transaction (transact-rs/sqlx#4385).
+    // A failed folder drops its channel, which stops the reader, whose end stops the others.
+    let folded: Vec<Result<Folded, RebuildError>> = futures::future::join_all(
         shares
             .iter()
             .zip(receivers)
             .map(|(share, batches)| fold(pool, share, &definitions, batches)),
     )
     .await;
-    // A folder that failed dropped its channel, which stops the reader; a reader that failed
-    // closed every channel, which looks like the end of the log to the folders: its own
-    // result says which it was.
+    // A reader that failed closed every channel, which looks like the end of the log to the
+    // folders: its own result says which it was.
     // The reader is never aborted: a join error is its panic, passed on as a call would.
     let read = reader
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let folded = folded?;
+    let folded = folded.into_iter().collect::<Result<Vec<_>, _>>()?;
     let (events_read, position) = read?;
     debug_assert!(folded
         .iter()

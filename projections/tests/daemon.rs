@@ -1,6 +1,7 @@
 //! The projection daemon against the real database: catch-up and live following, two
 //! daemons competing for the same projections, a poisoned event halting only its projection,
-//! and a rebuild swapping in while readers keep reading.
+//! a rebuild swapping in while readers keep reading, and one stopping on a poisoned event
+//! before its swap.
 //!
 //! Waiting is bounded polling of an observable condition, never a fixed sleep.
 
@@ -377,4 +378,71 @@ async fn a_daemon_whose_owner_went_away_stops_even_without_a_database() {
         .await
         .expect("the daemon stops instead of spinning on its failed pauses")
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_rebuild_that_meets_a_poisoned_event_stops_before_its_swap_and_leaves_the_live_tables() {
+    let db = TestDatabase::new().await;
+    let bus = bus(&db);
+    let (good, bad) = (UserId::new(), UserId::new());
+    save_config(&bus, good, 1).await;
+    save_config(&bus, bad, 2).await;
+    for n in 3..=20 {
+        save_config(&bus, UserId::new(), n % 10 + 1).await;
+    }
+    let (stop, daemon) = start(&db, vec![Arc::new(GameConfigs)]);
+    eventually("initial catch-up", || async {
+        count(&db, "SELECT count(*) FROM read_model.game_configs").await == 20
+    })
+    .await;
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+    let before = dump(&db).await;
+
+    // Rebuilt together, side by side: the fussy one fails, the healthy one is not swapped in
+    // either, and the pool is left as it was found.
+    let fussy = Fussy {
+        poisoned_user: bad.to_string(),
+        fixed: Arc::new(AtomicBool::new(false)),
+    };
+    let failed = rebuild::rebuild_all(&db.pool, &[&GameConfigs, &fussy], 3)
+        .await
+        .expect_err("the poisoned event stops the rebuild");
+    assert!(
+        failed.to_string().contains("cannot handle that user"),
+        "{failed}"
+    );
+    assert_eq!(dump(&db).await, before, "the live read model is untouched");
+    let live_checkpoint = checkpoint::get(&db.pool, "game_configs")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live_checkpoint.events_applied, 20);
+    let stuck: i64 = count(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+    )
+    .await;
+    assert_eq!(
+        stuck, 0,
+        "no pooled connection was left inside a transaction"
+    );
+
+    // Fixed, the same pool rebuilds both.
+    let report = rebuild::rebuild_all(
+        &db.pool,
+        &[
+            &GameConfigs,
+            &Fussy {
+                poisoned_user: bad.to_string(),
+                fixed: Arc::new(AtomicBool::new(true)),
+            },
+        ],
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.events, 20);
+    assert_eq!(dump(&db).await, before);
 }
