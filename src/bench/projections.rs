@@ -85,9 +85,23 @@ pub async fn run(
 ) -> anyhow::Result<ProjectionBenchReport> {
     let args = args.effective();
     let db = BenchDatabase::create(settings, args.writers as u32 + 24).await?;
-    let result = measure(&db, &args).await;
+    let report = match measure(&db, &args).await {
+        Ok(report) => report,
+        Err(e) => {
+            // The log and the read models are the evidence of what went wrong: keep them.
+            let name = db
+                .connect_options()
+                .get_database()
+                .unwrap_or_default()
+                .to_string();
+            eprintln!(
+                "the bench failed; its database {name} is kept for inspection \
+                 (DROP DATABASE {name} WITH (FORCE) when done)"
+            );
+            return Err(e);
+        }
+    };
     db.drop_database().await?;
-    let report = result?;
     print(&args, &report);
     Ok(report)
 }
