@@ -1,7 +1,11 @@
 //! A projection's checkpoint row: where it is in the log, whether it runs or halted, and on
 //! what. Every batch locks the row first, which makes it the projection's mutex as well.
+//!
+//! A checkpoint never moves back: a trigger on the table refuses it (SQLSTATE `TC001`,
+//! migration `…_checkpoints_never_move_back.sql`), whoever writes it. And every move is
+//! checked where it is made: [`advance`] reads back what it stored, in the same transaction.
 
-use crate::log::LogPosition;
+use crate::log::{parse_transaction_id, LogPosition};
 use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -56,11 +60,11 @@ type Row = (
     chrono::DateTime<chrono::Utc>,
 );
 
-fn from_row(row: Row) -> Checkpoint {
-    Checkpoint {
+fn from_row(row: Row) -> Result<Checkpoint, sqlx::Error> {
+    Ok(Checkpoint {
         name: row.0,
         position: LogPosition {
-            transaction_id: row.1.parse().unwrap_or_default(),
+            transaction_id: parse_transaction_id(&row.1)?,
             global_position: row.2,
         },
         events_applied: row.3,
@@ -73,7 +77,7 @@ fn from_row(row: Row) -> Checkpoint {
         failed_position: row.6,
         failure: row.7,
         updated_at: row.8,
-    }
+    })
 }
 
 /// Creates the row at the start of the log if it does not exist yet.
@@ -93,28 +97,52 @@ pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Checkpoint, sql
         .bind(name)
         .fetch_one(conn)
         .await?;
-    Ok(from_row(row))
+    from_row(row)
 }
 
+/// The SQLSTATE the table's trigger raises when a write would move a checkpoint back.
+pub const MOVED_BACK: &str = "TC001";
+
+/// Moves `name` to `to`, counting `events` more, and checks — in the caller's transaction —
+/// that the row now reads exactly `to`. A missing row, or a trigger's refusal to move it back,
+/// is an error, never a silent no-op.
 pub async fn advance(
     conn: &mut PgConnection,
     name: &str,
     to: LogPosition,
     events: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    let stored: Option<(String, i64)> = sqlx::query_as(
         "UPDATE public.projection_checkpoints
             SET transaction_id = $2::text::xid8, global_position = $3,
                 events_applied = events_applied + $4, updated_at = now()
-          WHERE name = $1",
+          WHERE name = $1
+         RETURNING transaction_id::text, global_position",
     )
     .bind(name)
     .bind(to.transaction_id.to_string())
     .bind(to.global_position)
     .bind(events)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
+    let stored = match stored {
+        Some((tx, pos)) => LogPosition {
+            transaction_id: parse_transaction_id(&tx)?,
+            global_position: pos,
+        },
+        None => return Err(sqlx::Error::RowNotFound),
+    };
+    if stored != to {
+        return Err(not_where_written(name, stored, to));
+    }
     Ok(())
+}
+
+/// The error for a checkpoint that does not read what was just written to it.
+pub fn not_where_written(name: &str, stored: LogPosition, written: LogPosition) -> sqlx::Error {
+    sqlx::Error::Decode(
+        format!("checkpoint {name} reads {stored} right after it was moved to {written}").into(),
+    )
 }
 
 /// Records that `name` stopped on an event it cannot apply.
@@ -158,7 +186,7 @@ pub async fn all<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<Checkpoint>, s
     let rows: Vec<Row> = sqlx::query_as(&format!("{SELECT} ORDER BY name"))
         .fetch_all(executor)
         .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+    rows.into_iter().map(from_row).collect()
 }
 
 pub async fn get<'e>(
@@ -169,7 +197,7 @@ pub async fn get<'e>(
         .bind(name)
         .fetch_optional(executor)
         .await?;
-    Ok(row.map(from_row))
+    row.map(from_row).transpose()
 }
 
 /// Where status and metrics stop counting a projection's backlog.

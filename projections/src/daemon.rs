@@ -7,9 +7,11 @@
 //!   checkpoint row locks in every batch make double application impossible even if two owners
 //!   ever overlapped; the advisory lock just keeps them from contending.)
 //! - **All projections in one pass.** Each batch is read once and applied to every running
-//!   projection in one transaction ([`runner::next_group_batch`]), each from its own
-//!   checkpoint. When a projection fails on a batch, that round runs projection by projection
-//!   instead, which isolates the poisoned event and halts only its projection.
+//!   projection at the group's checkpoint in one transaction ([`runner::next_group_batch`]).
+//!   When a projection fails on a batch, that round runs projection by projection instead,
+//!   which isolates the poisoned event and halts only its projection. A projection behind the
+//!   group (new, resumed, or left behind by another's rebuild) catches up in batches of its own
+//!   and joins the group where it is: the others never wait for it, nor see an event twice.
 //! - **Woken by commits, polling as a fallback.** A `LISTEN` on the events channel wakes every
 //!   projection; when idle they also poll, backing off from `idle_poll_min` to `idle_poll_max`.
 //! - **A poisoned event halts only its projection**, recorded in its checkpoint row (see
@@ -207,16 +209,8 @@ async fn follow(
                 observer.as_deref(),
             )
             .await;
-            let outcome = match outcome {
-                Ok(GroupOutcome::Failed) => {
-                    one_by_one(&mut conn, &projections, settings, observer.as_deref()).await
-                }
-                other => other,
-            };
             match outcome {
-                Ok(GroupOutcome::Applied(_) | GroupOutcome::Failed) => {
-                    idle = settings.idle_poll_min
-                }
+                Ok(GroupOutcome::Applied(_)) => idle = settings.idle_poll_min,
                 Ok(GroupOutcome::CaughtUp) => {
                     // A commit resets the back-off; only a quiet log lengthens it.
                     if pause(idle, Some(&waker), &mut shutdown).await == Woke::Notified {
@@ -239,20 +233,4 @@ async fn follow(
         drop(conn);
         pause(settings.idle_poll_max, None, &mut shutdown).await;
     }
-}
-
-/// A round projection by projection, after a group batch failed: each applies its next batch
-/// alone, so the one that cannot apply an event halts on it and the others move on.
-async fn one_by_one(
-    conn: &mut sqlx::PgConnection,
-    projections: &[Arc<dyn Projection>],
-    settings: DaemonSettings,
-    observer: Option<&BatchObserver>,
-) -> Result<GroupOutcome, RunError> {
-    for projection in projections {
-        let target = Target::live(&**projection);
-        runner::next_batch_observed(conn, &**projection, &target, settings.batch_size, observer)
-            .await?;
-    }
-    Ok(GroupOutcome::Failed)
 }

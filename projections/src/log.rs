@@ -36,6 +36,12 @@ impl LogPosition {
         transaction_id: 0,
         global_position: 0,
     };
+
+    /// After every event there can ever be (a read's open upper bound).
+    pub const END: LogPosition = LogPosition {
+        transaction_id: u64::MAX,
+        global_position: i64::MAX,
+    };
 }
 
 impl fmt::Display for LogPosition {
@@ -83,7 +89,12 @@ pub struct LoggedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "transaction_id::text AS transaction_id, global_position, event_id,
+/// The columns a reader decodes. The transaction id travels as text (sqlx has no `xid8`), under
+/// a name of its own: were the alias `transaction_id`, a bare `ORDER BY transaction_id` would
+/// sort by the *text* (PostgreSQL resolves ORDER BY names to output columns first), putting
+/// transaction 10016 before 9836 — events out of order inside a batch and, across a digit
+/// step, batches that skip or repeat events. Every ORDER BY below names `events.` columns.
+const COLUMNS: &str = "transaction_id::text AS transaction_id_text, global_position, event_id,
     aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
 /// The condition that makes the reader gap-safe; see the module comment.
@@ -123,9 +134,9 @@ impl EventLog {
         after_sequence: i64,
     ) -> Result<Vec<LoggedEvent>, sqlx::Error> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM events
+            "SELECT {COLUMNS} FROM public.events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
-              ORDER BY sequence"
+              ORDER BY events.sequence"
         );
         sqlx::query(&sql)
             .bind(aggregate_type)
@@ -139,13 +150,14 @@ impl EventLog {
     /// The position of the last settled event (`START` for an empty log).
     pub async fn head(&self) -> Result<LogPosition, sqlx::Error> {
         let sql = format!(
-            "SELECT transaction_id::text, global_position FROM events WHERE {SETTLED}
-              ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+            "SELECT transaction_id::text AS transaction_id_text, global_position
+               FROM public.events WHERE {SETTLED}
+              ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1"
         );
         let row: Option<(String, i64)> = sqlx::query_as(&sql).fetch_optional(&self.pool).await?;
         Ok(match row {
             Some((tx, pos)) => LogPosition {
-                transaction_id: tx.parse().unwrap_or_default(),
+                transaction_id: parse_transaction_id(&tx)?,
                 global_position: pos,
             },
             None => LogPosition::START,
@@ -188,14 +200,26 @@ pub async fn read_settled<'e, E: PgExecutor<'e>>(
     limit: i64,
     metadata: Metadata,
 ) -> Result<Vec<LoggedEvent>, sqlx::Error> {
+    read_settled_until(executor, after, LogPosition::END, limit, metadata).await
+}
+
+/// The settled events after `after` and at or before `until`, with or without their metadata.
+pub async fn read_settled_until<'e, E: PgExecutor<'e>>(
+    executor: E,
+    after: LogPosition,
+    until: LogPosition,
+    limit: i64,
+    metadata: Metadata,
+) -> Result<Vec<LoggedEvent>, sqlx::Error> {
     static WITH_METADATA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static WITHOUT_METADATA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql_for = |columns: &str| {
         format!(
             "SELECT {columns} FROM public.events
               WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+                AND (transaction_id, global_position) <= ($4::text::xid8, $5)
                 AND {SETTLED}
-              ORDER BY transaction_id, global_position
+              ORDER BY events.transaction_id, events.global_position
               LIMIT $3"
         )
     };
@@ -208,21 +232,27 @@ pub async fn read_settled<'e, E: PgExecutor<'e>>(
         .bind(after.transaction_id.to_string())
         .bind(after.global_position)
         .bind(limit)
+        .bind(until.transaction_id.to_string())
+        .bind(until.global_position)
         .try_map(|row: PgRow| decode(&row))
         .fetch_all(executor)
         .await
 }
 
+/// An `xid8` read as text (sqlx has no type for it). Never defaulted: a position that cannot
+/// be read must stop the reader, not send it back to the start of the log.
+pub fn parse_transaction_id(text: &str) -> Result<u64, sqlx::Error> {
+    text.parse().map_err(|e| sqlx::Error::ColumnDecode {
+        index: "transaction_id".into(),
+        source: Box::new(e),
+    })
+}
+
 fn decode(row: &PgRow) -> Result<LoggedEvent, sqlx::Error> {
-    let transaction_id: String = row.try_get("transaction_id")?;
+    let transaction_id: String = row.try_get("transaction_id_text")?;
     Ok(LoggedEvent {
         position: LogPosition {
-            transaction_id: transaction_id
-                .parse()
-                .map_err(|e| sqlx::Error::ColumnDecode {
-                    index: "transaction_id".into(),
-                    source: Box::new(e),
-                })?,
+            transaction_id: parse_transaction_id(&transaction_id)?,
             global_position: row.try_get("global_position")?,
         },
         event_id: row.try_get("event_id")?,

@@ -9,7 +9,7 @@
 //! projection on that event, recording its position and the error. It never skips it.
 
 use crate::checkpoint::{self, Status};
-use crate::log::{read_settled, LogPosition, LoggedEvent};
+use crate::log::{parse_transaction_id, read_settled_until, LogPosition, LoggedEvent};
 use crate::projection::{metadata_for, ApplyContext, ApplyError, KeyRing, Projection};
 use sqlx::{Connection, PgConnection};
 
@@ -124,6 +124,27 @@ pub async fn next_batch_observed(
     batch_size: i64,
     observer: Option<&BatchObserver>,
 ) -> Result<BatchOutcome, RunError> {
+    next_batch_until(
+        conn,
+        projection,
+        target,
+        batch_size,
+        LogPosition::END,
+        observer,
+    )
+    .await
+}
+
+/// [`next_batch_observed`], reading no event past `until`: a projection catching up with its
+/// group stops exactly where the group is, and joins it.
+async fn next_batch_until(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    target: &Target,
+    batch_size: i64,
+    until: LogPosition,
+    observer: Option<&BatchObserver>,
+) -> Result<BatchOutcome, RunError> {
     let mut tx = conn.begin().await.map_err(transient)?;
     let cp = checkpoint::lock(&mut tx, &target.checkpoint)
         .await
@@ -131,9 +152,10 @@ pub async fn next_batch_observed(
     if cp.status == Status::Halted {
         return Ok(BatchOutcome::Halted);
     }
-    let events = read_settled(
+    let events = read_settled_until(
         &mut *tx,
         cp.position,
+        until,
         batch_size,
         metadata_for([projection]),
     )
@@ -163,37 +185,62 @@ async fn apply_and_commit(
     events: &[LoggedEvent],
 ) -> Result<Result<(), ApplyError>, RunError> {
     match try_apply(&mut tx, projection, events).await {
-        Ok(()) => {
-            let last = events.last().expect("never called with no events").position;
-            checkpoint::advance(&mut tx, &target.checkpoint, last, events.len() as i64)
-                .await
-                .map_err(transient)?;
-            tx.commit().await.map_err(transient)?;
-            Ok(Ok(()))
-        }
-        Err(ApplyError::Database(e)) if is_transient(&e) => Err(RunError::Transient(e)),
-        Err(failure) => Ok(Err(failure)), // dropping `tx` rolls back
+        Ok(()) => {}
+        Err(ApplyError::Database(e)) if is_transient(&e) => return Err(RunError::Transient(e)),
+        Err(failure) => return Ok(Err(failure)), // dropping `tx` rolls back
+    }
+    let last = events.last().expect("never called with no events").position;
+    let advanced =
+        checkpoint::advance(&mut tx, &target.checkpoint, last, events.len() as i64).await;
+    let committed = match advanced {
+        Ok(()) => tx.commit().await,
+        Err(e) => Err(e),
+    };
+    settle(committed)
+}
+
+/// How a batch's checkpoint move and commit ended. A transient failure is the runner's to
+/// retry (a commit cut off mid-way may or may not have happened; rows and checkpoint went
+/// together either way, and the next batch starts from what the row says). Any other failure
+/// is the batch's: a statement that failed inside the projection without failing it leaves
+/// the transaction aborted (the checkpoint's move, read back just before `COMMIT`, then fails
+/// with "current transaction is aborted"), or a deferred constraint refuses the commit itself.
+/// Either way nothing was committed, and the batch is isolated and halted with that reason —
+/// never retried for ever, and never taken for committed: because the move is read back as
+/// the last statement before `COMMIT`, a `COMMIT` that PostgreSQL answers with a rollback
+/// (an aborted transaction) cannot be reached.
+fn settle(committed: Result<(), sqlx::Error>) -> Result<Result<(), ApplyError>, RunError> {
+    match committed {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if is_transient(&e) => Err(RunError::Transient(e)),
+        Err(e) => Ok(Err(ApplyError::Database(e))),
     }
 }
 
-/// What one pass of a group of projections did.
+/// What one pass over a group of projections did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupOutcome {
-    /// This many events were read and every running projection of the group consumed them.
+    /// This many events were consumed in all (by the group, or by projections catching up
+    /// with it), or a failed batch was isolated: there may be more to do at once.
     Applied(usize),
     /// Nothing settled after any running projection's checkpoint (or none is running).
     CaughtUp,
-    /// A projection failed on this batch; nothing was committed. Run the projections one by
-    /// one ([`next_batch`]) to isolate and halt the poisoned event, then resume as a group.
-    Failed,
 }
 
-/// Applies the next batch to every running projection of `group` in ONE transaction: the
-/// checkpoint rows are locked together, the log is read once (from the least advanced
-/// checkpoint), each projection applies only the events past its own checkpoint, and all
-/// checkpoints move to the end of the batch. All the read models then cost one read and one
-/// commit per batch instead of one each. The connection must have been readied with
-/// [`prepare`] for every member (live targets: same schema).
+/// One pass over `group` (the live projections, on a connection readied with [`prepare`] for
+/// every member):
+///
+/// - **The group** — the running projections at the most advanced checkpoint — applies the
+///   next batch in ONE transaction: the checkpoint rows are locked together, the log is read
+///   once, every member applies it, and their checkpoints move to its end. All the read models
+///   cost one read and one commit per batch instead of one each. When a member fails on the
+///   batch, the members apply it one by one instead ([`next_batch`]), which isolates the
+///   poisoned event and halts only its projection.
+/// - **Each projection behind the group** (newly deployed, resumed after a halt, or left
+///   behind by another's rebuild) then applies one batch of its own, reading no further than
+///   where the group now is; when it gets there it is a member. A projection's batch never
+///   starts anywhere but at its own checkpoint, so no projection ever sees an event twice and
+///   no checkpoint moves back (the table's trigger refuses that anyway).
 pub async fn next_group_batch(
     conn: &mut PgConnection,
     group: &[std::sync::Arc<dyn Projection>],
@@ -210,83 +257,133 @@ pub async fn next_group_batch(
     .fetch_all(&mut *tx)
     .await
     .map_err(transient)?;
-    let running: Vec<(&dyn Projection, LogPosition)> = group
-        .iter()
-        .filter_map(|p| {
-            rows.iter()
-                .find(|(name, _, _, status)| name == p.name() && status == "running")
-                .map(|(_, tx, pos, _)| {
-                    let position = LogPosition {
-                        transaction_id: tx.parse().unwrap_or_default(),
-                        global_position: *pos,
-                    };
-                    (&**p, position)
-                })
-        })
-        .collect();
-    let Some(from) = running.iter().map(|(_, position)| *position).min() else {
+    let mut running: Vec<(&dyn Projection, LogPosition)> = Vec::with_capacity(group.len());
+    for projection in group {
+        let row = rows
+            .iter()
+            .find(|(name, _, _, status)| name == projection.name() && status == "running");
+        if let Some((_, tx, pos, _)) = row {
+            let position = LogPosition {
+                transaction_id: parse_transaction_id(tx).map_err(transient)?,
+                global_position: *pos,
+            };
+            running.push((&**projection, position));
+        }
+    }
+    let Some(frontier) = running.iter().map(|(_, position)| *position).max() else {
         tx.commit().await.map_err(transient)?;
         return Ok(GroupOutcome::CaughtUp);
     };
-    let metadata = metadata_for(running.iter().map(|(projection, _)| *projection));
-    let events = read_settled(&mut *tx, from, batch_size, metadata)
+    let (members, behind): (Vec<_>, Vec<_>) = running
+        .into_iter()
+        .partition(|(_, position)| *position == frontier);
+    let members: Vec<&dyn Projection> = members.into_iter().map(|(p, _)| p).collect();
+
+    let metadata = metadata_for(members.iter().copied());
+    let events = read_settled_until(&mut *tx, frontier, LogPosition::END, batch_size, metadata)
         .await
         .map_err(transient)?;
-    let Some(last) = events.last().map(|e| e.position) else {
+    let mut consumed = 0;
+    let mut group_at = frontier;
+    let mut isolated = false;
+    if events.is_empty() {
         tx.commit().await.map_err(transient)?;
-        return Ok(GroupOutcome::CaughtUp);
-    };
-    let mut keys = KeyRing::default();
-    let mut consumed: Vec<(&str, usize)> = Vec::with_capacity(running.len());
-    for (projection, position) in &running {
-        // Events are in log order: this projection's share starts after its checkpoint.
-        let start = events.partition_point(|e| e.position <= *position);
-        let share = &events[start..];
-        if !share.is_empty() {
-            let mut cx = ApplyContext {
-                conn: &mut tx,
-                keys: &mut keys,
-            };
-            match projection.apply(share, &mut cx).await {
-                Ok(()) => {}
-                Err(ApplyError::Database(e)) if is_transient(&e) => {
-                    return Err(RunError::Transient(e))
+    } else {
+        match apply_together(tx, &members, &events).await? {
+            Ok(()) => {
+                if let Some(observer) = observer {
+                    for projection in &members {
+                        observer(projection.name(), &events);
+                    }
                 }
-                Err(failure) => {
-                    tracing::warn!(projection = projection.name(), error = %failure, "group batch failed; isolating");
-                    return Ok(GroupOutcome::Failed); // dropping `tx` rolls back
+                group_at = events.last().expect("not empty").position;
+                consumed += events.len();
+            }
+            Err(failure) => {
+                tracing::warn!(error = %failure, "group batch failed; isolating");
+                isolated = true;
+                for projection in &members {
+                    let target = Target::live(*projection);
+                    if let BatchOutcome::Applied(n) =
+                        next_batch_observed(conn, *projection, &target, batch_size, observer)
+                            .await?
+                    {
+                        consumed += n;
+                    }
                 }
             }
         }
-        consumed.push((projection.name(), share.len()));
     }
-    sqlx::query(
-        "UPDATE public.projection_checkpoints AS c
-            SET transaction_id = $2::text::xid8, global_position = $3,
-                events_applied = c.events_applied + u.consumed, updated_at = now()
-           FROM UNNEST($1::text[], $4::bigint[]) AS u(name, consumed)
-          WHERE c.name = u.name",
-    )
-    .bind(
-        consumed
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(last.transaction_id.to_string())
-    .bind(last.global_position)
-    .bind(consumed.iter().map(|(_, c)| *c as i64).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await
-    .map_err(transient)?;
-    tx.commit().await.map_err(transient)?;
-    if let Some(observer) = observer {
-        for (projection, position) in &running {
-            let start = events.partition_point(|e| e.position <= *position);
-            observer(projection.name(), &events[start..]);
+
+    for (projection, _) in behind {
+        let target = Target::live(projection);
+        if let BatchOutcome::Applied(n) =
+            next_batch_until(conn, projection, &target, batch_size, group_at, observer).await?
+        {
+            consumed += n;
         }
     }
-    Ok(GroupOutcome::Applied(events.len()))
+    Ok(if consumed > 0 || isolated {
+        GroupOutcome::Applied(consumed)
+    } else {
+        GroupOutcome::CaughtUp
+    })
+}
+
+/// Every member applies `events` in `tx`, then all their checkpoints move to its end and are
+/// read back (in the same transaction, before the commit).
+async fn apply_together(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    members: &[&dyn Projection],
+    events: &[LoggedEvent],
+) -> Result<Result<(), ApplyError>, RunError> {
+    let mut keys = KeyRing::default();
+    for projection in members {
+        let mut cx = ApplyContext {
+            conn: &mut tx,
+            keys: &mut keys,
+        };
+        match projection.apply(events, &mut cx).await {
+            Ok(()) => {}
+            Err(ApplyError::Database(e)) if is_transient(&e) => return Err(RunError::Transient(e)),
+            Err(failure) => return Ok(Err(failure)), // dropping `tx` rolls back
+        }
+    }
+    let last = events.last().expect("never called with no events").position;
+    let names: Vec<String> = members.iter().map(|p| p.name().to_string()).collect();
+    let stored: Result<Vec<(String, String, i64)>, sqlx::Error> = sqlx::query_as(
+        "UPDATE public.projection_checkpoints
+            SET transaction_id = $2::text::xid8, global_position = $3,
+                events_applied = events_applied + $4, updated_at = now()
+          WHERE name = ANY($1)
+         RETURNING name, transaction_id::text, global_position",
+    )
+    .bind(&names)
+    .bind(last.transaction_id.to_string())
+    .bind(last.global_position)
+    .bind(events.len() as i64)
+    .fetch_all(&mut *tx)
+    .await;
+    let checked = stored.and_then(|stored| {
+        if stored.len() != names.len() {
+            return Err(sqlx::Error::RowNotFound);
+        }
+        for (name, tx, pos) in stored {
+            let at = LogPosition {
+                transaction_id: parse_transaction_id(&tx)?,
+                global_position: pos,
+            };
+            if at != last {
+                return Err(checkpoint::not_where_written(&name, at, last));
+            }
+        }
+        Ok(())
+    });
+    let committed = match checked {
+        Ok(()) => tx.commit().await,
+        Err(e) => Err(e),
+    };
+    settle(committed)
 }
 
 /// The batch `events` (starting right after `from`) failed with `failure`: commit what can

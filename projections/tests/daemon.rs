@@ -446,3 +446,472 @@ async fn a_rebuild_that_meets_a_poisoned_event_stops_before_its_swap_and_leaves_
     assert_eq!(report.events, 20);
     assert_eq!(dump(&db).await, before);
 }
+
+// --- checkpoints never move back --------------------------------------------------------------
+
+/// Records every move of every checkpoint (a test-only trigger), so a test can prove that no
+/// checkpoint ever went back and that a projection applied nothing twice.
+async fn record_checkpoint_moves(db: &TestDatabase) {
+    sqlx::raw_sql(
+        "CREATE TABLE public.checkpoint_moves (
+             name text, old_tx xid8, old_pos bigint, new_tx xid8, new_pos bigint,
+             old_applied bigint, new_applied bigint);
+         CREATE FUNCTION public.record_checkpoint_move() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.checkpoint_moves VALUES (NEW.name, OLD.transaction_id,
+                 OLD.global_position, NEW.transaction_id, NEW.global_position,
+                 OLD.events_applied, NEW.events_applied);
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER record_checkpoint_move AFTER UPDATE ON public.projection_checkpoints
+             FOR EACH ROW EXECUTE FUNCTION public.record_checkpoint_move();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+async fn assert_no_checkpoint_moved_back(db: &TestDatabase) {
+    let back: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s: %s/%s -> %s/%s', name, old_tx, old_pos, new_tx, new_pos)
+           FROM public.checkpoint_moves
+          WHERE (new_tx, new_pos) < (old_tx, old_pos)",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(back.is_empty(), "checkpoints moved back: {back:?}");
+}
+
+async fn events_applied(db: &TestDatabase, name: &str) -> i64 {
+    checkpoint::get(&db.pool, name)
+        .await
+        .unwrap()
+        .map(|c| c.events_applied)
+        .unwrap_or(0)
+}
+
+/// Whether `name` has consumed every committed event (not only the settled ones: another
+/// test's open transaction can hold the cluster-wide horizon back for a moment).
+async fn at_head(db: &TestDatabase, name: &str) -> bool {
+    let last: Option<(String, i64)> = sqlx::query_as(
+        "SELECT transaction_id::text AS tx, global_position FROM events
+          ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1",
+    )
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap();
+    let end = last.map_or(teachin_projections::LogPosition::START, |(tx, pos)| {
+        teachin_projections::LogPosition {
+            transaction_id: tx.parse().unwrap(),
+            global_position: pos,
+        }
+    });
+    matches!(checkpoint::get(&db.pool, name).await.unwrap(), Some(c) if c.position == end)
+}
+
+/// [`ApplicationCounter`] under another name and table: a projection deployed later.
+struct LateCounter;
+
+#[async_trait]
+impl Projection for LateCounter {
+    fn name(&self) -> &'static str {
+        "late_counter"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["late_applied_events"]
+    }
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError> {
+        let ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.event_id).collect();
+        sqlx::query(
+            "INSERT INTO late_applied_events (event_id, times) SELECT id, 1 FROM UNNEST($1::uuid[]) AS id
+             ON CONFLICT (event_id) DO UPDATE SET times = late_applied_events.times + 1",
+        )
+        .bind(&ids)
+        .execute(&mut *cx.conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_projection_deployed_on_a_long_log_catches_up_alone_and_the_others_apply_nothing_twice() {
+    let db = TestDatabase::new().await;
+    create_counter_table(&db).await;
+    sqlx::query(
+        "CREATE TABLE read_model.late_applied_events (event_id uuid PRIMARY KEY, times int NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let bus = bus(&db);
+    // Six batches of seven (`quick()`), and then some.
+    for n in 1..=45 {
+        save_config(&bus, UserId::new(), n % 10 + 1).await;
+    }
+    let total = count(&db, "SELECT count(*) FROM events").await;
+    let (stop, daemon) = start(
+        &db,
+        vec![Arc::new(GameConfigs), Arc::new(ApplicationCounter)],
+    );
+    eventually("the first projections reach the head", || async {
+        at_head(&db, "game_configs").await && at_head(&db, "application_counter").await
+    })
+    .await;
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+    record_checkpoint_moves(&db).await;
+    let before = (
+        events_applied(&db, "game_configs").await,
+        events_applied(&db, "application_counter").await,
+    );
+    assert_eq!(before, (total, total));
+
+    // A new release deploys a third projection; the daemon restarts with all three.
+    let (stop, daemon) = start(
+        &db,
+        vec![
+            Arc::new(GameConfigs),
+            Arc::new(ApplicationCounter),
+            Arc::new(LateCounter),
+        ],
+    );
+    eventually("the new projection catches up", || async {
+        at_head(&db, "late_counter").await
+    })
+    .await;
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+
+    assert_no_checkpoint_moved_back(&db).await;
+    assert_eq!(
+        (
+            events_applied(&db, "game_configs").await,
+            events_applied(&db, "application_counter").await,
+        ),
+        before,
+        "a projection already at the head applied events again"
+    );
+    assert_eq!(events_applied(&db, "late_counter").await, total);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM read_model.applied_events WHERE times <> 1"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM read_model.late_applied_events WHERE times = 1"
+        )
+        .await,
+        total
+    );
+}
+
+#[tokio::test]
+async fn a_projection_resumed_after_a_long_halt_catches_up_alone_and_the_others_apply_nothing_twice(
+) {
+    let db = TestDatabase::new().await;
+    create_counter_table(&db).await;
+    let bus = bus(&db);
+    let bad = UserId::new();
+    save_config(&bus, UserId::new(), 1).await;
+    save_config(&bus, bad, 2).await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let fussy = Arc::new(Fussy {
+        poisoned_user: bad.to_string(),
+        fixed: fixed.clone(),
+    });
+    let (stop, daemon) = start(
+        &db,
+        vec![
+            fussy.clone(),
+            Arc::new(ApplicationCounter),
+            Arc::new(GameConfigs),
+        ],
+    );
+    eventually("fussy halts", || async {
+        matches!(checkpoint::get(&db.pool, "fussy").await.unwrap(), Some(c) if c.status == Status::Halted)
+    })
+    .await;
+    // The others go on for more than three batches while it is halted.
+    for n in 1..=30 {
+        save_config(&bus, UserId::new(), n % 10 + 1).await;
+    }
+    let total = count(&db, "SELECT count(*) FROM events").await;
+    eventually("the others reach the head", || async {
+        at_head(&db, "game_configs").await && at_head(&db, "application_counter").await
+    })
+    .await;
+    record_checkpoint_moves(&db).await;
+    let before = (
+        events_applied(&db, "game_configs").await,
+        events_applied(&db, "application_counter").await,
+    );
+    assert_eq!(before, (total, total));
+
+    fixed.store(true, Ordering::SeqCst);
+    checkpoint::resume(&db.pool, "fussy").await.unwrap();
+    eventually("fussy catches up", || async { at_head(&db, "fussy").await }).await;
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+
+    assert_no_checkpoint_moved_back(&db).await;
+    assert_eq!(
+        (
+            events_applied(&db, "game_configs").await,
+            events_applied(&db, "application_counter").await,
+        ),
+        before,
+        "a projection at the head applied events again while another caught up"
+    );
+    assert_eq!(events_applied(&db, "fussy").await, total);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM read_model.applied_events WHERE times <> 1"
+        )
+        .await,
+        0
+    );
+}
+
+/// Holds its batch (and with it the group's transaction and checkpoint locks) open on the
+/// events of one user, until released.
+struct Gate {
+    user: String,
+    blocked: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl Projection for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        _cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError> {
+        if batch.iter().any(|e| e.aggregate_id == self.user) {
+            self.blocked.notify_one();
+            self.release.acquire().await.unwrap().forget();
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_projection_rebuilt_while_the_daemon_runs_moves_ahead_and_the_others_apply_nothing_twice()
+{
+    let db = TestDatabase::new().await;
+    create_counter_table(&db).await;
+    let bus = bus(&db);
+    for n in 1..=5 {
+        save_config(&bus, UserId::new(), n).await;
+    }
+    let gated = UserId::new();
+    let gate = Arc::new(Gate {
+        user: gated.to_string(),
+        blocked: Arc::new(tokio::sync::Notify::new()),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    });
+    let (stop, daemon) = start(
+        &db,
+        vec![
+            Arc::new(ApplicationCounter),
+            Arc::new(GameConfigs),
+            gate.clone(),
+        ],
+    );
+    eventually("all at the head", || async {
+        at_head(&db, "game_configs").await && at_head(&db, "gate").await
+    })
+    .await;
+    record_checkpoint_moves(&db).await;
+
+    // The daemon's next group batch stops inside its transaction on the gated event, holding
+    // every checkpoint row...
+    save_config(&bus, gated, 1).await;
+    gate.blocked.notified().await;
+    // ...while three batches' worth of events commit behind it...
+    for n in 1..=21 {
+        save_config(&bus, UserId::new(), n % 10 + 1).await;
+    }
+    // ...and a rebuild of one projection folds and then waits to swap.
+    let rebuilding = rebuild::rebuild(&db.pool, &GameConfigs, 3);
+    let meanwhile = async {
+        eventually("the swap waits for the daemon's batch", || async {
+            count(
+                &db,
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+                >= 1
+        })
+        .await;
+        // The daemon commits its batch; the swap goes in after it, past the events behind
+        // it, and the rebuilt projection is now ahead of the rest of the group.
+        gate.release.add_permits(1);
+    };
+    let (rebuilt, ()) = tokio::join!(rebuilding, meanwhile);
+    rebuilt.unwrap();
+    let total = count(&db, "SELECT count(*) FROM events").await;
+    eventually("all at the head again", || async {
+        at_head(&db, "game_configs").await
+            && at_head(&db, "application_counter").await
+            && at_head(&db, "gate").await
+    })
+    .await;
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+
+    assert_no_checkpoint_moved_back(&db).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM read_model.applied_events WHERE times <> 1"
+        )
+        .await,
+        0,
+        "an event was applied twice"
+    );
+    assert_eq!(events_applied(&db, "application_counter").await, total);
+    assert_eq!(events_applied(&db, "gate").await, total);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM read_model.game_configs").await,
+        5 + 1 + 21,
+        "one row per user"
+    );
+}
+
+// --- a batch that cannot commit halts, with its reason -----------------------------------------
+
+/// On one user's events, runs a statement that fails and ignores the failure: the transaction
+/// is aborted although the projection reports success.
+struct Swallower {
+    user: String,
+}
+
+#[async_trait]
+impl Projection for Swallower {
+    fn name(&self) -> &'static str {
+        "swallower"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError> {
+        if batch.iter().any(|e| e.aggregate_id == self.user) {
+            let _ignored = sqlx::query("SELECT 1 / 0").execute(&mut *cx.conn).await;
+        }
+        Ok(())
+    }
+}
+
+/// On one user's events, writes a row that a deferred foreign key refuses at `COMMIT`.
+struct DeferredRefusal {
+    user: String,
+}
+
+#[async_trait]
+impl Projection for DeferredRefusal {
+    fn name(&self) -> &'static str {
+        "deferred_refusal"
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["deferred_children"]
+    }
+    async fn apply(
+        &self,
+        batch: &[LoggedEvent],
+        cx: &mut ApplyContext<'_>,
+    ) -> Result<(), ApplyError> {
+        if batch.iter().any(|e| e.aggregate_id == self.user) {
+            sqlx::query("INSERT INTO deferred_children (parent) VALUES (gen_random_uuid())")
+                .execute(&mut *cx.conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_cannot_commit_halts_its_projection_with_the_reason_and_the_others_go_on() {
+    let db = TestDatabase::new().await;
+    sqlx::raw_sql(
+        "CREATE TABLE read_model.deferred_parents (id uuid PRIMARY KEY);
+         CREATE TABLE read_model.deferred_children (
+             parent uuid REFERENCES read_model.deferred_parents DEFERRABLE INITIALLY DEFERRED);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let bus = bus(&db);
+    let (swallowed, refused) = (UserId::new(), UserId::new());
+    save_config(&bus, UserId::new(), 1).await;
+    save_config(&bus, swallowed, 2).await;
+    save_config(&bus, refused, 3).await;
+    for n in 4..=20 {
+        save_config(&bus, UserId::new(), n % 10 + 1).await;
+    }
+    let event_of = |user: UserId| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>(
+                "SELECT event_id FROM events WHERE aggregate_id = $1",
+            )
+            .bind(user.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (stop, daemon) = start(
+        &db,
+        vec![
+            Arc::new(GameConfigs),
+            Arc::new(Swallower {
+                user: swallowed.to_string(),
+            }),
+            Arc::new(DeferredRefusal {
+                user: refused.to_string(),
+            }),
+        ],
+    );
+    for (name, user, reason) in [
+        ("swallower", swallowed, "current transaction is aborted"),
+        ("deferred_refusal", refused, "foreign key"),
+    ] {
+        eventually(&format!("{name} halts"), || async {
+            matches!(checkpoint::get(&db.pool, name).await.unwrap(), Some(c) if c.status == Status::Halted)
+        })
+        .await;
+        let halted = checkpoint::get(&db.pool, name).await.unwrap().unwrap();
+        assert_eq!(halted.failed_event_id, Some(event_of(user).await), "{name}");
+        let failure = halted.failure.unwrap_or_default();
+        assert!(failure.contains(reason), "{name}: {failure}");
+    }
+    eventually("game_configs goes on to the end", || async {
+        at_head(&db, "game_configs").await
+    })
+    .await;
+    stop.send(true).unwrap();
+    daemon.await.unwrap();
+}

@@ -186,3 +186,164 @@ async fn reads_one_stream_in_order_and_reports_the_head() {
     assert_eq!(log.head().await.unwrap(), all[4].position);
     assert_eq!(all[0].metadata["issued_by"], "system");
 }
+
+// --- transaction ids are numbers, not text ---------------------------------------------------
+
+/// Appends events whose transaction ids are given (`transaction_id` is only a default, and the
+/// reader cannot tell an explicit value from a real one), in the order given: the global
+/// positions follow that order. Ids must be below the server's settled horizon.
+async fn append_in_transactions(pool: &PgPool, stream: &str, transaction_ids: &[u64]) {
+    let sequences: Vec<i64> = (1..=transaction_ids.len() as i64).collect();
+    let ids: Vec<String> = transaction_ids.iter().map(u64::to_string).collect();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, transaction_id)
+         SELECT 'GapTest', $1, s, 'Happened', '1.0', jsonb_build_object('n', s), '{}', x::xid8
+           FROM UNNEST($2::bigint[], $3::text[]) WITH ORDINALITY AS u(s, x, o) ORDER BY o",
+    )
+    .bind(stream)
+    .bind(&sequences)
+    .bind(&ids)
+    .execute(pool)
+    .await
+    .expect("append with explicit transaction ids");
+}
+
+/// The server's settled horizon: every id below it can be used for a settled event.
+async fn horizon(pool: &PgPool) -> u64 {
+    let text: String = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn transaction_10_comes_after_transaction_9_in_reads_and_in_the_head() {
+    let db = TestDatabase::new().await;
+    let log = EventLog::new(db.pool.clone());
+    // As text, "10" < "9": a reader sorting the text would return the second event first.
+    append_in_transactions(&db.pool, "digits", &[9, 10]).await;
+
+    let events = log.read_after(LogPosition::START, 10).await.unwrap();
+    let order: Vec<u64> = events.iter().map(|e| e.position.transaction_id).collect();
+    assert_eq!(order, vec![9, 10], "read in numeric transaction order");
+    assert_eq!(log.head().await.unwrap().transaction_id, 10);
+
+    // A batch of one ends at transaction 9, and the next starts after it, not after 10.
+    let first = log.read_after(LogPosition::START, 1).await.unwrap();
+    assert_eq!(first[0].position.transaction_id, 9);
+    let second = log.read_after(first[0].position, 1).await.unwrap();
+    assert_eq!(second[0].position.transaction_id, 10);
+    assert!(log
+        .read_after(second[0].position, 1)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+mod property {
+    //! Any transaction ids, of any number of digits, in any order of insertion; any batch
+    //! sizes: reading the log batch after batch returns every event exactly once, in
+    //! `(transaction id, position)` order.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Transaction ids of 1 to `max_digits` digits, weighted towards digit steps
+    /// (9/10, 99/100, ...), where text and numeric order part.
+    fn transaction_id(max_digits: u32) -> impl Strategy<Value = u64> {
+        (1..=max_digits, any::<bool>(), 0u64..1000).prop_map(|(digits, near_step, r)| {
+            let low = 10u64.pow(digits - 1);
+            let high = 10u64.pow(digits) - 1;
+            if near_step {
+                // Either side of a step: 9, 10, 11 / 98, 99, 100, ...
+                (high - 1 + r % 3).max(1)
+            } else {
+                low + r % (high - low + 1)
+            }
+        })
+    }
+
+    fn run(cases: Vec<(Vec<u64>, Vec<i64>)>, limit: u64) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let db = TestDatabase::new().await;
+            let log = EventLog::new(db.pool.clone());
+            for (ids, batches) in cases {
+                let ids: Vec<u64> = ids.into_iter().map(|id| id.min(limit)).collect();
+                sqlx::query("TRUNCATE events")
+                    .execute(&db.pool)
+                    .await
+                    .unwrap();
+                append_in_transactions(&db.pool, "prop", &ids).await;
+
+                let mut expected: Vec<(u64, i64)> = sqlx::query_as::<_, (String, i64)>(
+                    "SELECT transaction_id::text, global_position FROM events",
+                )
+                .fetch_all(&db.pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(tx, pos)| (tx.parse().unwrap(), pos))
+                .collect();
+                expected.sort();
+
+                let mut seen = Vec::new();
+                let mut checkpoint = LogPosition::START;
+                for size in batches.iter().cycle() {
+                    let batch = log.read_after(checkpoint, *size).await.unwrap();
+                    let Some(last) = batch.last() else { break };
+                    checkpoint = last.position;
+                    seen.extend(
+                        batch
+                            .iter()
+                            .map(|e| (e.position.transaction_id, e.position.global_position)),
+                    );
+                }
+                assert_eq!(seen, expected, "ids {ids:?}, batch sizes {batches:?}");
+                let head = log.head().await.unwrap();
+                let last = expected.last().unwrap();
+                assert_eq!((head.transaction_id, head.global_position), *last);
+            }
+        });
+    }
+
+    #[test]
+    fn reading_in_batches_returns_every_event_once_in_numeric_order() {
+        // The ids must be settled: below the server's horizon (larger ones are clamped to
+        // it). A fresh cluster is past 700, so three digits are always there.
+        let limit = {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let db = TestDatabase::new().await;
+                horizon(&db.pool).await - 1
+            })
+        };
+        let max_digits = (limit.to_string().len() as u32).clamp(2, 9);
+        let strategy = prop::collection::vec(
+            (
+                prop::collection::vec(transaction_id(max_digits), 1..60),
+                prop::collection::vec(1i64..12, 1..5),
+            ),
+            24,
+        );
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 4,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&strategy, |cases| {
+                run(cases, limit);
+                Ok(())
+            })
+            .unwrap();
+    }
+}

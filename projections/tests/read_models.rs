@@ -117,8 +117,8 @@ fn strings(items: &[&str]) -> Vec<String> {
 /// The position of the last committed event.
 async fn log_end(pool: &PgPool) -> LogPosition {
     let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT transaction_id::text, global_position FROM events
-          ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        "SELECT transaction_id::text AS tx, global_position FROM events
+          ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1",
     )
     .fetch_optional(pool)
     .await
@@ -967,6 +967,52 @@ async fn tutor_sessions_record_every_message_part_and_request() {
             .await
             .unwrap();
     assert_eq!(student_of_request, student.0);
+}
+
+#[tokio::test]
+async fn a_session_started_in_transaction_9_and_answered_in_10_rebuilds() {
+    let world = World::new().await;
+    let dana = UserId::new();
+    world
+        .register(dana, Role::Student, "Dana", "dana@example.com")
+        .await;
+    let (session, ..) = converse(&world, dana).await;
+    // Everything up to the session's start (its first command: sequences 1-3) moves into
+    // transaction 9, the rest (tool call, reply, title, ...) into 10: as text, "10" < "9", so
+    // a reader sorting the text would meet the reply before the session exists.
+    let (started_at,): (i64,) = sqlx::query_as(
+        "SELECT global_position FROM events
+          WHERE aggregate_type = 'TutorSession' AND aggregate_id = $1 AND sequence = 3",
+    )
+    .bind(session.to_string())
+    .fetch_one(world.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE events SET transaction_id = CASE WHEN global_position <= $1 THEN '9' ELSE '10' END::xid8",
+    )
+    .bind(started_at)
+    .execute(world.pool())
+    .await
+    .unwrap();
+
+    let all = read_models::all();
+    let projections: Vec<&dyn Projection> = all.iter().map(|p| &**p).collect();
+    teachin_projections::rebuild::rebuild_all(world.pool(), &projections, 4)
+        .await
+        .expect("the rebuild reads the session's start before its reply");
+    assert_eq!(
+        row(world.pool(), SESSION_ROW, session.0).await["title"],
+        json!("Dana asks about shalom")
+    );
+    let cp = checkpoint::get(world.pool(), "tutor_sessions")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (cp.status, cp.position.transaction_id),
+        (Status::Running, 10)
+    );
 }
 
 #[tokio::test]
