@@ -1,17 +1,24 @@
 //! What the end-to-end tests share: the `teachin` binary pointed at a test database, and a
 //! free port to give a role.
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::process::Command;
 use teachin_commands::testing::TestDatabase;
 
 /// The binary with a clean environment, using `db`.
 pub fn teachin(db: &TestDatabase) -> Command {
+    teachin_at(&db.url)
+}
+
+/// The binary with a clean environment, using the database at `url`.
+pub fn teachin_at(url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_teachin"));
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", url)
         .env("TEACHIN_LOG", "warn");
     command
 }
@@ -128,4 +135,30 @@ impl Drop for RunningApp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `teachin projections verify all` exits 0: every read model equals the fold of the log.
+#[allow(dead_code)]
+pub fn verify_all(db: &TestDatabase) {
+    verify_all_at(&db.url)
+}
+
+/// [`verify_all`] on the database at `url`.
+#[allow(dead_code)]
+pub fn verify_all_at(url: &str) {
+    let output = teachin_at(url)
+        .args(["projections", "verify", "all"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "projections verify all: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(": equal at ")).count(),
+        teachin_projections::read_models::all().len(),
+        "{stdout}"
+    );
 }
