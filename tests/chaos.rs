@@ -6,11 +6,13 @@
 //!   some holding their transactions open, while the accessor follows the log;
 //! - `kill -9` of a rebuild waiting to swap, and of the manager mid-command (clients retry
 //!   with their idempotency keys, as portals do);
+//! - `kill -9` of the engine mid-reply (the model streaming), with the manager and the
+//!   accessor running as processes of their own;
 //! - PostgreSQL itself crashed and restarted mid-load (on a server of the test's own).
 //!
 //! Nothing here is timed: every wait is a bounded poll of an observable condition, and every
 //! size is bounded to keep the suite inside CI's budget. (`kill -9` of the accessor at any
-//! moment is `tests/crash_recovery.rs`; of the engine mid-handler, `workers/tests/tutor_engine.rs`.)
+//! moment, then a restart, is also `tests/crash_recovery.rs`.)
 
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -40,14 +42,7 @@ fn bus(db: &TestDatabase) -> CommandBus {
 }
 
 fn start_accessor(db: &TestDatabase) -> Child {
-    teachin(db)
-        .arg("accessor")
-        .env("TEACHIN_ACCESSOR_PORT", free_port().to_string())
-        .env("TEACHIN_NAMESPACE", format!("chaos-{}", db.name))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the accessor starts")
+    start_accessor_at(&db.url)
 }
 
 fn kill_9(mut child: Child) {
@@ -97,44 +92,37 @@ async fn current_transaction_id(pool: &PgPool) -> u64 {
     text.parse().unwrap()
 }
 
-/// Moves the server's transaction counter to `margin` below its next digit step (the next
-/// power of ten at least `margin` ahead) and returns the step. Each statement burns up to
-/// 20,000 ids as subtransactions that each write a row of a temporary table, and lasts a
-/// fraction of a second, so the cluster-wide horizon is never held back for long.
-async fn advance_to_before_a_digit_step(pool: &PgPool, margin: u64) -> u64 {
-    let mut step = 10u64;
-    let now = current_transaction_id(pool).await;
-    while step < now + 2 * margin {
-        step *= 10;
-    }
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("CREATE TEMPORARY TABLE burnt_transaction_ids (id int)")
-        .execute(&mut *conn)
+/// A scratch server's database `teachin`, migrated, and a pool on it.
+async fn scratch_database(cluster: &ScratchCluster) -> (String, PgPool) {
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&cluster.url("postgres"))
         .await
         .unwrap();
-    loop {
-        let now = current_transaction_id(pool).await;
-        if now + margin >= step {
-            break;
-        }
-        let burn = (step - margin - now).min(20_000);
-        sqlx::raw_sql(&format!(
-            "DO $$ BEGIN
-                FOR i IN 1..{burn} LOOP
-                    BEGIN
-                        INSERT INTO burnt_transaction_ids VALUES (i);
-                    EXCEPTION WHEN others THEN NULL;
-                    END;
-                END LOOP;
-             END $$;
-             TRUNCATE burnt_transaction_ids;"
-        ))
-        .execute(&mut *conn)
+    sqlx::query("CREATE DATABASE teachin")
+        .execute(&mut admin)
         .await
         .unwrap();
-    }
-    conn.close_on_drop();
-    step
+    let url = cluster.url("teachin");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&url)
+        .await
+        .unwrap();
+    teachin_commands::migrations::run(&pool).await.unwrap();
+    (url, pool)
+}
+
+fn start_accessor_at(url: &str) -> Child {
+    teachin_at(url)
+        .arg("accessor")
+        .env("TEACHIN_ACCESSOR_PORT", free_port().to_string())
+        .env(
+            "TEACHIN_NAMESPACE",
+            format!("chaos-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the accessor starts")
 }
 
 /// Appends one event of a stream no projection reads inside a transaction held open for a
@@ -157,17 +145,27 @@ async fn hold_a_transaction_open(pool: &PgPool, stream: &str, sequence: i64, hol
 
 #[tokio::test]
 async fn writers_racing_across_a_digit_step_while_the_accessor_follows_end_verified() {
-    let db = TestDatabase::new().await;
-    let bus = bus(&db);
-    let step = advance_to_before_a_digit_step(&db.pool, 1_500).await;
-    let mut accessor = start_accessor(&db);
+    // A server of the test's own whose transaction counter starts 600 short of 10,000,000:
+    // the writers below carry it across the step from seven digits to eight.
+    let step = 10_000_000;
+    let cluster = ScratchCluster::start_near_transaction(step - 600);
+    let (url, pool) = scratch_database(&cluster).await;
+    assert!(current_transaction_id(&pool).await < step);
+    let bus = command_bus(
+        pool.clone(),
+        PortSecrets {
+            claims_hash_key: b"chaos-lookup-key".to_vec(),
+        },
+        BusSettings::default(),
+    );
+    let mut accessor = start_accessor_at(&url);
 
     // 16 writers: 12 students issuing real commands, 4 holding transactions open for random
     // moments. They go on until the log holds events on both sides of the step.
     let crossed = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for writer in 0..16u64 {
-        let (bus, pool, crossed) = (bus.clone(), db.pool.clone(), crossed.clone());
+        let (bus, pool, crossed) = (bus.clone(), pool.clone(), crossed.clone());
         writers.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(writer);
             let mut student = StudentActivity::new();
@@ -187,11 +185,11 @@ async fn writers_racing_across_a_digit_step_while_the_accessor_follows_end_verif
     }
     // Restart the accessor once mid-way (kill -9), on the far side of the step.
     poll_until("the counter passes the digit step", || async {
-        current_transaction_id(&db.pool).await >= step
+        current_transaction_id(&pool).await >= step
     })
     .await;
     kill_9(accessor);
-    accessor = start_accessor(&db);
+    accessor = start_accessor_at(&url);
     crossed.store(true, Ordering::SeqCst);
     for writer in writers {
         writer.await.unwrap();
@@ -203,7 +201,7 @@ async fn writers_racing_across_a_digit_step_while_the_accessor_follows_end_verif
            FROM events",
     )
     .bind(step.to_string())
-    .fetch_one(&db.pool)
+    .fetch_one(&pool)
     .await
     .unwrap();
     assert!(
@@ -212,10 +210,10 @@ async fn writers_racing_across_a_digit_step_while_the_accessor_follows_end_verif
     );
 
     poll_until("the accessor catches up", || async {
-        everything_caught_up(&db.pool).await
+        everything_caught_up(&pool).await
     })
     .await;
-    verify_all(&db);
+    verify_all_at(&url);
     // The realtime feed and the outbox relay followed the same log to its end.
     for follower in ["realtime_feed", "outbox_relay"] {
         let behind: i64 = sqlx::query_scalar(
@@ -224,7 +222,7 @@ async fn writers_racing_across_a_digit_step_while_the_accessor_follows_end_verif
                 AND (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position)",
         )
         .bind(follower)
-        .fetch_one(&db.pool)
+        .fetch_one(&pool)
         .await
         .unwrap();
         assert_eq!(behind, 0, "{follower} is behind the log");
@@ -491,21 +489,7 @@ async fn the_manager_killed_mid_command_loses_and_repeats_no_acknowledged_comman
 #[tokio::test]
 async fn postgres_crashed_and_restarted_mid_load_loses_and_repeats_no_acknowledged_command() {
     let cluster = ScratchCluster::start();
-    let admin_url = cluster.url("postgres");
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-        .await
-        .unwrap();
-    sqlx::query("CREATE DATABASE teachin")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = cluster.url("teachin");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
-        .connect(&url)
-        .await
-        .unwrap();
-    teachin_commands::migrations::run(&pool).await.unwrap();
+    let (url, pool) = scratch_database(&cluster).await;
     let bus = command_bus(
         pool.clone(),
         PortSecrets {
@@ -513,17 +497,7 @@ async fn postgres_crashed_and_restarted_mid_load_loses_and_repeats_no_acknowledg
         },
         BusSettings::default(),
     );
-    let accessor = teachin_at(&url)
-        .arg("accessor")
-        .env("TEACHIN_ACCESSOR_PORT", free_port().to_string())
-        .env(
-            "TEACHIN_NAMESPACE",
-            format!("chaos-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the accessor starts");
+    let accessor = start_accessor_at(&url);
 
     // Eight students, each adding cards under idempotency keys and retrying a card until the
     // store acknowledges it, while the server is crashed and restarted twice under them.
@@ -623,4 +597,126 @@ async fn postgres_crashed_and_restarted_mid_load_loses_and_repeats_no_acknowledg
     verify_all_at(&url);
     kill_9(accessor);
     pool.close().await;
+}
+
+fn start_role(db: &TestDatabase, role: &str, namespace: &str, env: &[(&str, &str)]) -> Child {
+    let port_variable = format!("TEACHIN_{}_PORT", role.to_ascii_uppercase());
+    let mut command = teachin(db);
+    command
+        .arg(role)
+        .env(port_variable, free_port().to_string())
+        .env("TEACHIN_NAMESPACE", namespace)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.spawn().expect("the role starts")
+}
+
+#[tokio::test]
+async fn the_engine_killed_mid_reply_leaves_it_to_another_which_answers_once() {
+    use teachin_domain::actor::{Actor, Role};
+    use teachin_domain::ids::{RequestId, TutorSessionId};
+    use teachin_domain::tutor_session::{SessionKind, TutorSession, TutorSessionCommand};
+    use teachin_workers::testing::llm::{LlmReply, LlmServer, StreamEnd};
+
+    let db = TestDatabase::new().await;
+    let bus = bus(&db);
+    let llm = LlmServer::start().await;
+    // The first attempt streams a little, then hangs; the second is whole.
+    llm.push(
+        LlmReply::answer("test-model", &["Shalom, ", "and then nothing"], (1, 1))
+            .truncated(3, StreamEnd::Hang),
+    );
+    llm.otherwise(LlmReply::answer(
+        "test-model",
+        &["Shalom! ", "Let us practise."],
+        (20, 8),
+    ));
+    let base = format!("{}/v1", llm.url());
+    let ai = [
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("OPENAI_MODEL", "test-model"),
+        // A killed engine's message comes back once its lock lapses.
+        ("TEACHIN_BUS_LOCK_SECONDS", "2"),
+    ];
+    let namespace = format!("chaos-{}", db.name);
+    let manager = start_role(&db, "manager", &namespace, &ai);
+    let accessor = start_role(&db, "accessor", &namespace, &ai);
+    let engine = start_role(&db, "engine", &namespace, &ai);
+
+    let mut student = StudentActivity::new();
+    student.step(&bus).await.expect("sign-up");
+    let session = TutorSessionId::new();
+    let request = RequestId::new();
+    bus.execute::<TutorSession>(
+        &session.to_string(),
+        TutorSessionCommand::PostStudentMessage {
+            student: student.student,
+            kind: SessionKind::Default,
+            text: "Teach me a greeting".into(),
+            page_context: None,
+            request_id: request,
+        },
+        &teachin_commands::CommandContext::new(
+            Actor::user(student.student, Role::Student),
+            "chaos",
+        ),
+    )
+    .await
+    .expect("the message is posted");
+
+    // The engine is mid-reply (the model has been asked and is streaming): kill -9.
+    poll_until("the engine asks the model", || async {
+        llm.seen().len() == 1
+    })
+    .await;
+    kill_9(engine);
+    let engine = start_role(&db, "engine", &namespace, &ai);
+
+    let count_events = |event_type: &'static str| {
+        let pool = db.pool.clone();
+        let session = session.to_string();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = $2",
+            )
+            .bind(session)
+            .bind(event_type)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    poll_until("the reply completes", || async {
+        count_events("AiReplyCompleted").await == 1
+    })
+    .await;
+    poll_until("every bus message is settled", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM bus_messages")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    assert_eq!(count_events("AiReplyCompleted").await, 1);
+    assert_eq!(count_events("AiReplyFailed").await, 0);
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_dead_letters")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "a message was dead-lettered");
+    // Asked again after the kill (then once more for the session's title).
+    assert!(llm.seen().len() >= 2, "{} model requests", llm.seen().len());
+    poll_until("the accessor catches up", || async {
+        everything_caught_up(&db.pool).await
+    })
+    .await;
+    verify_all(&db);
+    for child in [engine, accessor, manager] {
+        kill_9(child);
+    }
 }

@@ -40,6 +40,18 @@ fn running_as_root() -> bool {
 impl ScratchCluster {
     /// Creates and starts a new cluster.
     pub fn start() -> Self {
+        Self::start_at_transaction(None)
+    }
+
+    /// Creates a new cluster whose transaction counter starts at `next_transaction_id`
+    /// (`pg_resetwal -x`, with the commit-log segment that id falls in created, as the tool's
+    /// documentation asks), and starts it: a test can be right before a digit step of the
+    /// counter at once, instead of spending millions of transactions to get there.
+    pub fn start_near_transaction(next_transaction_id: u64) -> Self {
+        Self::start_at_transaction(Some(next_transaction_id))
+    }
+
+    fn start_at_transaction(next_transaction_id: Option<u64>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("teachin-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -71,6 +83,24 @@ impl ScratchCluster {
                 "UTF8",
             ],
         );
+        if let Some(next) = next_transaction_id {
+            cluster.run(
+                "pg_resetwal",
+                &["-x", &next.to_string(), "-D", &cluster.data()],
+            );
+            // One commit-log segment covers 32 pages of 8 KiB at four transactions a byte.
+            let segment = format!("{:04X}", next / (32 * 8192 * 4));
+            let path = format!("{}/pg_xact/{segment}", cluster.data());
+            cluster.as_owner(
+                Path::new("dd"),
+                &[
+                    "if=/dev/zero",
+                    &format!("of={path}"),
+                    "bs=262144",
+                    "count=1",
+                ],
+            );
+        }
         cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", &cluster.log()]);
         cluster
     }
@@ -85,18 +115,23 @@ impl ScratchCluster {
 
     /// A program of the server's, as the cluster's owner.
     fn run(&self, program: &str, args: &[&str]) {
-        let path = self.bin.join(program);
+        self.as_owner(&self.bin.join(program), args);
+    }
+
+    /// Any program, as the cluster's owner (the server refuses to run as root).
+    fn as_owner(&self, program: &Path, args: &[&str]) {
         let mut command = if running_as_root() {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
+            c.args(["-u", "postgres", "--"]).arg(program);
             c
         } else {
-            Command::new(&path)
+            Command::new(program)
         };
         let output = command.args(args).output().unwrap();
         assert!(
             output.status.success(),
-            "{program} {args:?}: {}{}",
+            "{} {args:?}: {}{}",
+            program.display(),
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
