@@ -41,7 +41,8 @@ impl Role {
 }
 
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
-    sqlx::postgres::PgPoolOptions::new()
+    // Every role's pool closes a connection handed back inside a transaction (`pool`).
+    teachin_commands::pool::options()
         .max_connections(settings.database_max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(settings.database.clone())
@@ -195,14 +196,84 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
         ));
     }
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    while let Some(result) = servers.join_next().await {
-        result.context("a role task panicked")??;
-    }
+    let outcome = supervise(servers, shutdown_signal(), stop_tx, DRAIN_TIMEOUT).await;
     pool.close().await;
-    Ok(())
+    outcome
+}
+
+/// What a panicked task's payload says, when it is a message.
+fn panic_message(error: tokio::task::JoinError) -> String {
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|message| message.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// How long the other tasks get to finish once the process stops.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Runs until `shutdown` completes or until any task ends first, then stops the rest.
+///
+/// Every task of a role runs until shutdown, so one that ends before — above all one that
+/// panicked — is a failure of the whole process: the others are stopped (`stop`), given
+/// `drain` to finish, and the error is returned, so `teachin` exits non-zero and the
+/// orchestrator restarts it (with its back-off, and counted where operators look). A restart
+/// inside the process was the alternative; it is not taken because a panic is a bug whose
+/// state may be shared (a poisoned lock, a half-updated cache), because a panic that repeats
+/// would loop unseen behind a healthy `/healthz`, and because a restart from the durable
+/// checkpoints is exactly what a crash already does (ARCHITECTURE.md, invariant 8). Exiting
+/// also closes every connection, so the session locks of the read models and the followers
+/// are free for another replica at once.
+async fn supervise(
+    mut tasks: tokio::task::JoinSet<std::io::Result<()>>,
+    shutdown: impl std::future::Future<Output = ()>,
+    stop: watch::Sender<bool>,
+    drain: std::time::Duration,
+) -> anyhow::Result<()> {
+    let failure = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            None
+        }
+        Some(ended) = tasks.join_next() => Some(match ended {
+            Err(error) if error.is_panic() => {
+                anyhow::anyhow!("a task of the role panicked: {}", panic_message(error))
+            }
+            Err(error) => anyhow::anyhow!(error).context("a task of the role was cancelled"),
+            Ok(Err(error)) => anyhow::anyhow!(error).context("a task of the role failed"),
+            Ok(Ok(())) => anyhow::anyhow!("a task of the role stopped before shutdown"),
+        }),
+    };
+    if let Some(error) = &failure {
+        tracing::error!(error = %format!("{error:#}"), "stopping the process");
+    }
+    let _ = stop.send(true);
+    let mut outcome = failure.map_or(Ok(()), Err);
+    let drained = tokio::time::timeout(drain, async {
+        while let Some(ended) = tasks.join_next().await {
+            let result = match ended {
+                Ok(result) => result.context("a role task failed"),
+                Err(error) => Err(anyhow::anyhow!(error).context("a role task panicked")),
+            };
+            if let Err(error) = result {
+                tracing::error!(error = %format!("{error:#}"), "while stopping");
+                if outcome.is_ok() {
+                    outcome = Err(error);
+                }
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            ?drain,
+            "tasks still running after the drain period; abandoning them"
+        );
+        tasks.abort_all();
+    }
+    outcome
 }
 
 /// Connects to Redis for the manager's sessions and rate limits.
@@ -397,5 +468,87 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A task that runs until it is told to stop, as every role task does.
+    async fn until_stopped(mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_stops_the_process_with_an_error() {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(until_stopped(stop_rx.clone()));
+        tasks.spawn(async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            panic!("a bug in a follower");
+        });
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(30),
+            supervise(
+                tasks,
+                std::future::pending(),
+                stop_tx,
+                Duration::from_secs(10),
+            ),
+        )
+        .await
+        .expect("the process does not wait for a signal after a panic");
+        let error = outcome.expect_err("a panic fails the process");
+        assert!(
+            format!("{error:#}").contains("panicked: a bug in a follower"),
+            "{error:#}"
+        );
+        assert!(*stop_rx.borrow(), "the other tasks were told to stop");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_stops_early_stops_the_process_too() {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(until_stopped(stop_rx.clone()));
+        tasks.spawn(async { Ok(()) });
+        let outcome = supervise(
+            tasks,
+            std::future::pending(),
+            stop_tx,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(outcome.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_stops_every_task_cleanly() {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            tasks.spawn(until_stopped(stop_rx.clone()));
+        }
+        supervise(tasks, async {}, stop_tx, Duration::from_secs(10))
+            .await
+            .expect("a clean shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ignores_the_stop_is_abandoned_after_the_drain() {
+        let (stop_tx, _stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(std::future::pending());
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(30),
+            supervise(tasks, async {}, stop_tx, Duration::from_millis(50)),
+        )
+        .await
+        .expect("the drain is bounded");
+        assert!(outcome.is_ok());
     }
 }

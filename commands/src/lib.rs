@@ -7,11 +7,13 @@
 //!   conflicts, stamping metadata, and answering a repeated command with its first receipt.
 //! - [`event_repository`] is postgres-es's repository with loading and appending made one
 //!   round trip each.
+//! - [`pool`] builds every pool, closing a connection returned inside a transaction.
 //! - [`ports`] implements the domain's ports over Postgres and the event store.
 
 pub mod bus;
 pub mod event_repository;
 pub mod migrations;
+pub mod pool;
 pub mod ports;
 pub mod stream_locks;
 #[cfg(feature = "testing")]

@@ -4,7 +4,7 @@
 //! The server comes from `TEACHIN_TEST_DATABASE_URL` (default: the local trust-auth server).
 //! Each database is dropped when its guard is dropped.
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use uuid::Uuid;
@@ -46,7 +46,7 @@ impl TestDatabase {
         admin.close().await.ok();
         let options = server.database(&name);
         let url = options.to_url_lossy().to_string();
-        let pool = PgPoolOptions::new()
+        let pool = crate::pool::options()
             .max_connections(20)
             .connect_with(options)
             .await

@@ -13,30 +13,94 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// A session-level advisory lock naming the one replica that runs a follower.
+///
+/// The lock belongs to a PostgreSQL session, and the session outlives the task that took it
+/// when its connection goes back to the pool. So the lock is only ever held through a
+/// [`Leadership`], which gives it back explicitly ([`Leadership::release`]) or, when it is
+/// dropped any other way — the step panicked, its future was cancelled, the unlock failed —
+/// closes the connection instead of returning it to the pool: the session ends and the lock
+/// with it, and another replica takes over at its next poll.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaderLock(pub i64);
 
 impl LeaderLock {
-    /// Takes the lock on `conn`; `false` when another session holds it.
+    /// Takes the lock on `conn`: `Some` while this session leads, `None` when another
+    /// session holds the lock (`conn` then goes back to the pool). A failure, or this future
+    /// being dropped before the answer came, closes `conn`: the server may have granted the
+    /// lock already.
     pub async fn try_acquire(
         self,
-        conn: &mut PoolConnection<Postgres>,
-    ) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        conn: PoolConnection<Postgres>,
+    ) -> Result<Option<Leadership>, sqlx::Error> {
+        let mut leadership = Leadership {
+            lock: self,
+            conn,
+            clean: false,
+        };
+        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(self.0)
-            .fetch_one(&mut **conn)
-            .await
+            .fetch_one(&mut *leadership.conn)
+            .await?;
+        if acquired {
+            Ok(Some(leadership))
+        } else {
+            leadership.clean = true;
+            Ok(None)
+        }
     }
+}
 
-    /// Gives the lock back. A connection that cannot unlock is closed rather than returned
-    /// to the pool, so the lock dies with it instead of staying held by an idle session.
-    pub async fn release(self, conn: &mut PoolConnection<Postgres>) {
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(self.0)
-            .execute(&mut **conn)
+/// A pooled connection whose session holds a [`LeaderLock`]. Dereferences to the connection,
+/// so the leader's work runs on the session that holds the lock.
+///
+/// Dropped without [`release`](Self::release) (a panic, a cancelled step), it closes its
+/// connection rather than hand a locked session back to the pool.
+pub struct Leadership {
+    lock: LeaderLock,
+    conn: PoolConnection<Postgres>,
+    /// The session holds no lock of ours: the connection may go back to the pool.
+    clean: bool,
+}
+
+impl Leadership {
+    /// Gives the lock back and returns the connection to the pool. When the unlock fails (or
+    /// this future is dropped first) the connection is closed instead, and the lock ends with
+    /// its session.
+    pub async fn release(mut self) {
+        let unlocked: Result<bool, _> = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+            .bind(self.lock.0)
+            .fetch_one(&mut *self.conn)
             .await;
-        if unlocked.is_err() {
-            conn.close_on_drop();
+        self.clean = matches!(unlocked, Ok(true));
+    }
+}
+
+impl std::ops::Deref for Leadership {
+    type Target = PoolConnection<Postgres>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Leadership {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        if !self.clean {
+            if std::thread::panicking() {
+                tracing::error!(
+                    lock = self.lock.0,
+                    "a leader panicked; closing its connection to give the lock up"
+                );
+            }
+            // The pool closes the connection when it is dropped (right after this): the
+            // server ends the session, and every session-level lock it held.
+            self.conn.close_on_drop();
         }
     }
 }

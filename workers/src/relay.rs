@@ -157,11 +157,13 @@ impl OutboxRelay {
     async fn step(&self, advance: bool) -> Result<Step, RelayError> {
         let mut conn = self.log.pool().acquire().await?;
         checkpoint::ensure(&mut *conn, CHECKPOINT).await?;
-        if !LEADER_LOCK.try_acquire(&mut conn).await? {
+        // A panic or a cancellation before `release` closes the connection: the lock dies
+        // with its session instead of staying held by an idle pooled connection.
+        let Some(mut leader) = LEADER_LOCK.try_acquire(conn).await? else {
             return Ok(Step::NotLeader);
-        }
-        let outcome = self.step_as_leader(&mut conn, advance).await;
-        LEADER_LOCK.release(&mut conn).await;
+        };
+        let outcome = self.step_as_leader(&mut leader, advance).await;
+        leader.release().await;
         outcome
     }
 
