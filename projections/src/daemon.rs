@@ -75,11 +75,11 @@ impl ProjectionDaemon {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let waker = Arc::new(Notify::new());
-        let listener = tokio::spawn(wake_on_commit(
+        let mut listener = AbortOnDrop(Some(tokio::spawn(wake_on_commit(
             EventLog::new(self.pool.clone()),
             waker.clone(),
             shutdown.clone(),
-        ));
+        ))));
         follow(
             self.pool,
             self.projections,
@@ -89,7 +89,21 @@ impl ProjectionDaemon {
             shutdown,
         )
         .await;
-        let _ = listener.await;
+        if let Some(listener) = listener.0.take() {
+            let _ = listener.await;
+        }
+    }
+}
+
+/// The commit listener ends with the daemon, also when the daemon's future is dropped (a
+/// panic in a projection unwinds through `run`): no orphaned task keeps a LISTEN connection.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
