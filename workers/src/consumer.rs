@@ -8,20 +8,27 @@
 //!   the reason (`UnknownAction`, `MalformedPayload`), not retried until the broker gives up.
 //! - **Idempotency by message id.** At-least-once delivery means a message can come again
 //!   after it was handled (a lost completion, a relay resend). `bus_processed_messages`
-//!   remembers what this consumer finished; a repeat is completed without running the
-//!   handler. (A crash between the handler's effects and that record still repeats the
-//!   handler once, so handlers that change state pass the message id on as their command's
-//!   idempotency key.)
+//!   remembers what this consumer finished, and is checked before a handler runs; a repeat is
+//!   completed without running the handler. On the PostgreSQL bus the record is written in
+//!   the completion's transaction ([`Bus::complete_recorded`]). (A crash between the
+//!   handler's effects and that record still repeats the handler once, so handlers that
+//!   change state pass the message id on as their command's idempotency key, and email
+//!   carries it as its `Message-ID`.)
 //! - **Locks outlive slow handlers.** While a handler runs, its message's lock is renewed at a
 //!   third of the lock's span, so an LLM call longer than the lock is not handed to a second
 //!   worker meanwhile.
-//! - **Failures.** `Retry` abandons (redelivered, until the broker's delivery limit
-//!   dead-letters it); `Reject` dead-letters with the handler's reason; a handler that panics
+//! - **A handler without its lock stops.** If a renewal says the lock is gone, or no renewal
+//!   has succeeded by shortly before the lock would run out (a partition from the broker),
+//!   the handler's future is dropped — cancelled at its next await — so it cannot finish a
+//!   side effect that the message's next holder is also about to perform.
+//! - **Failures.** `Retry` abandons, and the bus brings the message back after a backoff (or
+//!   after the handler's `RetryAfter`), dead-lettering it once its retry budget is spent in
+//!   count and time; `Reject` dead-letters with the handler's reason; a handler that panics
 //!   leaves the message locked, and the lock's expiry brings it back.
 //! - **Graceful shutdown.** On the signal the loop stops taking messages and waits for the
 //!   handlers in flight (up to a grace period, after which their locks expire instead).
 
-use crate::bus::{reasons, Bus, BusError, QueueName, ReceivedMessage};
+use crate::bus::{reasons, Abandon, Bus, BusError, QueueName, ReceivedMessage};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -31,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// What a handler knows about the message besides its payload.
 #[derive(Debug, Clone)]
@@ -49,9 +57,14 @@ pub struct MessageContext {
 /// Why a handler did not finish.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
-    /// Worth another try later (a timeout, a 5xx): the message is abandoned.
+    /// Worth another try later (a timeout, a 5xx): the message is abandoned, and the bus
+    /// brings it back after its backoff.
     #[error("retry: {0}")]
     Retry(String),
+    /// Worth another try, not before `after` (a 429's `Retry-After`): abandoned with that
+    /// delay.
+    #[error("retry in {after:?}: {why}")]
+    RetryAfter { why: String, after: Duration },
     /// Can never succeed (validation, a request past its time): dead-lettered with this.
     #[error("rejected: {0}")]
     Reject(String),
@@ -95,7 +108,11 @@ impl<H: Handler> Route for Typed<H> {
         };
         match self.0.handle(payload, context).await {
             Ok(()) => Outcome::Done,
-            Err(HandlerError::Retry(why)) => Outcome::Retry(why),
+            Err(HandlerError::Retry(why)) => Outcome::Retry { why, after: None },
+            Err(HandlerError::RetryAfter { why, after }) => Outcome::Retry {
+                why,
+                after: Some(after),
+            },
             Err(HandlerError::Reject(why)) => Outcome::DeadLetter {
                 reason: reasons::REJECTED,
                 description: why,
@@ -106,11 +123,16 @@ impl<H: Handler> Route for Typed<H> {
 
 enum Outcome {
     Done,
-    Retry(String),
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
     DeadLetter {
         reason: &'static str,
         description: String,
     },
+    /// The lock was lost while the handler ran, which was cancelled.
+    LockLost,
 }
 
 /// How one message was settled.
@@ -128,7 +150,8 @@ pub enum Settled {
         reason: String,
         description: String,
     },
-    /// The lock was gone when settling; the message will come again.
+    /// The lock was gone while handling (the handler was cancelled) or when settling; the
+    /// message will come again.
     LockLost,
 }
 
@@ -291,56 +314,104 @@ impl Consumer {
                 .await;
         };
 
-        let outcome = {
-            let handler = route.run(&message, &context);
-            tokio::pin!(handler);
-            let span = (message.locked_until - Utc::now())
-                .to_std()
-                .unwrap_or(Duration::from_secs(1));
-            let every = self
-                .config
-                .renew_every
-                .min(span / 3)
-                .max(Duration::from_millis(100));
-            let mut renewing = true;
-            loop {
-                tokio::select! {
-                    outcome = &mut handler => break outcome,
-                    _ = tokio::time::sleep(every), if renewing => {
-                        if let Err(error) = self.bus.renew_lock(&message).await {
-                            tracing::warn!(consumer = %self.name, message_id = %context.message_id, %error,
-                                "lock renewal failed; the message may be redelivered");
-                            renewing = false;
-                        }
-                    }
-                }
-            }
-        };
+        let outcome = self.run_while_locked(&route, &message, &context).await;
         match outcome {
             Outcome::Done => {
-                sqlx::query(
-                    "INSERT INTO bus_processed_messages (consumer, message_key) VALUES ($1, $2)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&self.name)
-                .bind(&context.dedupe_key)
-                .execute(&self.pool)
-                .await?;
-                self.settle_done(&message, Settled::Completed).await
+                match self
+                    .bus
+                    .complete_recorded(&message, &self.pool, &self.name, &context.dedupe_key)
+                    .await
+                {
+                    Ok(()) => Ok(Settled::Completed),
+                    // Done and recorded, but the lock ran out: the redelivery will be
+                    // completed as a duplicate.
+                    Err(BusError::LockLost) => Ok(Settled::LockLost),
+                    Err(e) => Err(e),
+                }
             }
-            Outcome::Retry(why) => {
+            Outcome::Retry { why, after } => {
                 tracing::info!(consumer = %self.name, message_id = %context.message_id,
-                    delivery = context.delivery_count, %why, "handler asked for a retry");
-                match self.bus.abandon(&message).await {
+                    delivery = context.delivery_count, %why, ?after, "handler asked for a retry");
+                let how = Abandon {
+                    delay: after,
+                    error: Some(why.clone()),
+                };
+                match self.bus.abandon(&message, how).await {
                     Ok(()) => Ok(Settled::Abandoned { why }),
                     Err(BusError::LockLost) => Ok(Settled::LockLost),
                     Err(e) => Err(e),
                 }
             }
+            Outcome::LockLost => Ok(Settled::LockLost),
             Outcome::DeadLetter {
                 reason,
                 description,
             } => self.dead_letter(&message, reason, description).await,
+        }
+    }
+
+    /// Runs the handler while renewing the message's lock, and cancels it (drops its future)
+    /// as soon as the lock is known lost, or is about to run out without a renewal having
+    /// succeeded. The deadline is kept on this process's monotonic clock, from when each
+    /// successful renewal was *asked* (the broker extended the lock no earlier), less a
+    /// margin, so the handler stops before anyone else can take the message.
+    async fn run_while_locked(
+        &self,
+        route: &Arc<dyn Route>,
+        message: &ReceivedMessage,
+        context: &MessageContext,
+    ) -> Outcome {
+        let handler = route.run(message, context);
+        tokio::pin!(handler);
+        let span = (message.locked_until - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::from_secs(1));
+        let every = self
+            .config
+            .renew_every
+            .min(span / 3)
+            .max(Duration::from_millis(100));
+        let margin = (span / 10).min(Duration::from_secs(2));
+        let started = Instant::now();
+        let mut held_until = started + span.saturating_sub(margin);
+        let mut next_renewal = started + every;
+        loop {
+            tokio::select! {
+                // A handler that has finished wins over a deadline reached at the same time:
+                // its side effect happened, and its record must be written.
+                biased;
+                outcome = &mut handler => return outcome,
+                _ = tokio::time::sleep_until(held_until) => {
+                    tracing::warn!(consumer = %self.name, message_id = %context.message_id,
+                        "the lock is running out without a renewal; cancelling the handler");
+                    return Outcome::LockLost;
+                }
+                _ = tokio::time::sleep_until(next_renewal) => {
+                    let asked = Instant::now();
+                    match tokio::time::timeout_at(held_until, self.bus.renew_lock(message)).await {
+                        Ok(Ok(_)) => {
+                            held_until = asked + span.saturating_sub(margin);
+                            next_renewal = asked + every;
+                        }
+                        Ok(Err(BusError::LockLost)) => {
+                            tracing::warn!(consumer = %self.name, message_id = %context.message_id,
+                                "the lock was lost; cancelling the handler (the message comes again)");
+                            return Outcome::LockLost;
+                        }
+                        Ok(Err(error)) => {
+                            // Maybe passing: try again soon, until the deadline says otherwise.
+                            tracing::warn!(consumer = %self.name, message_id = %context.message_id, %error,
+                                "lock renewal failed; retrying");
+                            next_renewal = Instant::now() + (every / 4).max(Duration::from_millis(50));
+                        }
+                        Err(_) => {
+                            tracing::warn!(consumer = %self.name, message_id = %context.message_id,
+                                "lock renewal did not answer before the lock ran out; cancelling the handler");
+                            return Outcome::LockLost;
+                        }
+                    }
+                }
+            }
         }
     }
 

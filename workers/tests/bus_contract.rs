@@ -3,8 +3,10 @@
 //! Service Bus REST semantics. A backend that passes these can stand in for the other.
 //!
 //! Waiting is bounded polling (a receive that waits up to N seconds), never a sleep whose
-//! length decides the outcome; where the behaviour *is* about time (lock expiry, renewal),
-//! the margins are seconds wide.
+//! length decides the outcome; where the behaviour *is* about time (lock expiry, renewal,
+//! a retry's delay), the margins are seconds wide. The fixtures back off briefly (100 ms
+//! doubling to 1 s) and have no time budget unless a test says otherwise, so the tests of
+//! delivery counts run as before.
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -15,7 +17,10 @@ use std::time::Duration;
 use teachin_commands::testing::TestDatabase;
 use teachin_workers::bus::postgres::{PostgresBus, PostgresBusConfig};
 use teachin_workers::bus::servicebus::ServiceBus;
-use teachin_workers::bus::{reasons, resubmit_all, Bus, BusError, OutgoingMessage, QueueName};
+use teachin_workers::bus::{
+    reasons, resubmit_all, Abandon, Bus, BusError, DeadLetter, OutgoingMessage, QueueName,
+    QueueStats, ReceivedMessage, RetryPolicy,
+};
 use teachin_workers::consumer::{Consumer, Handler, HandlerError, MessageContext, Settled};
 use teachin_workers::testing::{LocalServiceBus, LocalServiceBusSettings};
 
@@ -35,19 +40,41 @@ struct Fixture {
     _endpoint: Option<LocalServiceBus>,
 }
 
+/// Brief backoff, no time budget: deliveries alone decide, as the count tests expect.
+fn quick_retries() -> RetryPolicy {
+    RetryPolicy {
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: Duration::from_secs(1),
+        min_retry_span: Duration::ZERO,
+    }
+}
+
 impl Backend {
     async fn fixture(self, lock: Duration, max_delivery_count: u32) -> Fixture {
+        self.fixture_with(lock, max_delivery_count, quick_retries())
+            .await
+    }
+
+    async fn fixture_with(
+        self,
+        lock: Duration,
+        max_delivery_count: u32,
+        retry: RetryPolicy,
+    ) -> Fixture {
         let db = TestDatabase::new().await;
         match self {
             Backend::Postgres => Fixture {
-                bus: Arc::new(PostgresBus::new(
-                    db.pool.clone(),
-                    PostgresBusConfig {
-                        lock_duration: lock,
-                        max_delivery_count,
-                        ..PostgresBusConfig::default()
-                    },
-                )),
+                bus: Arc::new(
+                    PostgresBus::new(
+                        db.pool.clone(),
+                        PostgresBusConfig {
+                            lock_duration: lock,
+                            max_delivery_count,
+                            ..PostgresBusConfig::default()
+                        },
+                    )
+                    .with_retry(retry),
+                ),
                 db,
                 _endpoint: None,
             },
@@ -57,9 +84,10 @@ impl Backend {
                     max_delivery_count,
                 })
                 .await;
-                let bus =
-                    ServiceBus::new(endpoint.config(), endpoint.http_client(), db.pool.clone())
-                        .expect("the adapter starts");
+                let mut config = endpoint.config();
+                config.retry = retry;
+                let bus = ServiceBus::new(config, endpoint.http_client(), db.pool.clone())
+                    .expect("the adapter starts");
                 Fixture {
                     bus: Arc::new(bus),
                     db,
@@ -139,7 +167,7 @@ async fn abandon_increments_delivery_count(backend: Backend) {
     f.bus.send(Q, message("m-1", 1)).await.unwrap();
     let first = f.bus.receive(Q, SOME_WAIT).await.unwrap().unwrap();
     assert_eq!(first.delivery_count, 1);
-    f.bus.abandon(&first).await.unwrap();
+    f.bus.abandon(&first, Abandon::now()).await.unwrap();
     let second = f
         .bus
         .receive(Q, SOME_WAIT)
@@ -203,7 +231,7 @@ async fn dead_letter_after_max_deliveries(backend: Backend) {
     for delivery in 1..=2 {
         let got = f.bus.receive(Q, SOME_WAIT).await.unwrap().unwrap();
         assert_eq!(got.delivery_count, delivery);
-        f.bus.abandon(&got).await.unwrap();
+        f.bus.abandon(&got, Abandon::backoff()).await.unwrap();
     }
     assert!(
         f.bus.receive(Q, NONE_WAIT).await.unwrap().is_none(),
@@ -236,6 +264,135 @@ async fn dead_letter_after_max_deliveries(backend: Backend) {
         serde_json::json!({"count": 1})
     );
     f.bus.complete(&back).await.unwrap();
+}
+
+async fn abandoned_with_a_delay_comes_back_after_it_not_before(backend: Backend) {
+    let f = backend.plain().await;
+    f.bus
+        .send(
+            Q,
+            message("m-1", 1)
+                .with_correlation_id("corr-1")
+                .with_property("tenant", "dev"),
+        )
+        .await
+        .unwrap();
+    let first = f.bus.receive(Q, SOME_WAIT).await.unwrap().unwrap();
+    let delay = Duration::from_secs(4);
+    let abandoned = std::time::Instant::now();
+    f.bus
+        .abandon(
+            &first,
+            Abandon::after(delay).with_error("the relay said 451"),
+        )
+        .await
+        .unwrap();
+    // Not before: a receiver polling for half the delay gets nothing, though the message is
+    // still in the queue.
+    assert!(
+        f.bus
+            .receive(Q, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .is_none(),
+        "redelivered before its delay"
+    );
+    assert_eq!(f.bus.stats(Q).await.unwrap().depth, 1);
+    // After: it comes back, the same message with one more delivery.
+    let again = f
+        .bus
+        .receive(Q, SOME_WAIT)
+        .await
+        .unwrap()
+        .expect("redelivered after its delay");
+    // (A small allowance for the database's wall clock against this process's monotonic one.)
+    assert!(
+        abandoned.elapsed() + Duration::from_millis(100) >= delay,
+        "back after {:?} of {delay:?}",
+        abandoned.elapsed()
+    );
+    assert_eq!(again.message_id, "m-1");
+    assert_eq!(again.dedupe_key(), "m-1");
+    assert_eq!(again.delivery_count, 2);
+    assert_eq!(again.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(again.enqueued_at, first.enqueued_at);
+    assert_eq!(
+        again.properties, first.properties,
+        "the backend's bookkeeping is not shown"
+    );
+    assert_eq!(
+        again.payload::<serde_json::Value>().unwrap(),
+        serde_json::json!({"count": 1})
+    );
+    assert!(matches!(
+        f.bus.complete(&first).await,
+        Err(BusError::LockLost)
+    ));
+    f.bus.complete(&again).await.unwrap();
+    let stats = f.bus.stats(Q).await.unwrap();
+    assert_eq!((stats.depth, stats.dead_letters), (0, 0));
+}
+
+async fn dead_letter_waits_for_the_time_budget_and_keeps_the_last_error(backend: Backend) {
+    let budget = Duration::from_secs(5);
+    let f = backend
+        .fixture_with(
+            Duration::from_secs(30),
+            2,
+            RetryPolicy {
+                backoff_base: Duration::from_millis(100),
+                backoff_cap: Duration::from_millis(200),
+                min_retry_span: budget,
+            },
+        )
+        .await;
+    let sent = std::time::Instant::now();
+    f.bus.send(Q, message("flaky", 1)).await.unwrap();
+    let mut deliveries = 0;
+    let last_abandon = loop {
+        let got = f
+            .bus
+            .receive(Q, SOME_WAIT)
+            .await
+            .unwrap()
+            .expect("not dead-lettered yet, so it comes back");
+        deliveries += 1;
+        assert_eq!(got.delivery_count, deliveries);
+        assert!(deliveries < 100, "the time budget never ran out");
+        let abandoned = std::time::Instant::now();
+        f.bus
+            .abandon(
+                &got,
+                Abandon::backoff().with_error(format!("attempt {deliveries} failed")),
+            )
+            .await
+            .unwrap();
+        if f.bus.stats(Q).await.unwrap().dead_letters == 1 {
+            break abandoned;
+        }
+    };
+    // Out of deliveries after two, but kept until the time budget was spent too.
+    assert!(
+        deliveries > 2,
+        "dead-lettered after {deliveries} deliveries"
+    );
+    assert!(
+        last_abandon.duration_since(sent) + Duration::from_millis(100) >= budget,
+        "dead-lettered {:?} after the send",
+        last_abandon.duration_since(sent)
+    );
+    assert!(f.bus.receive(Q, NONE_WAIT).await.unwrap().is_none());
+    let letters = f.bus.dead_letters(Q, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message_id, "flaky");
+    assert_eq!(letters[0].reason, reasons::MAX_DELIVERY_COUNT_EXCEEDED);
+    assert!(
+        letters[0]
+            .description
+            .contains(&format!("attempt {deliveries} failed")),
+        "the last error is kept: {}",
+        letters[0].description
+    );
 }
 
 async fn dead_letter_keeps_the_reason_and_resubmits(backend: Backend) {
@@ -492,6 +649,176 @@ async fn consumer_retries_then_the_bus_dead_letters(backend: Backend) {
     assert_eq!(letters[0].reason, reasons::MAX_DELIVERY_COUNT_EXCEEDED);
 }
 
+/// Asks to be tried again in 3 s on its first delivery (as after a 429 with `Retry-After`).
+#[derive(Clone, Default)]
+struct Throttled {
+    runs: Arc<AtomicUsize>,
+}
+
+const THROTTLE: Duration = Duration::from_secs(3);
+
+#[async_trait]
+impl Handler for Throttled {
+    type Payload = serde_json::Value;
+    async fn handle(&self, _: serde_json::Value, c: &MessageContext) -> Result<(), HandlerError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if c.delivery_count == 1 {
+            return Err(HandlerError::RetryAfter {
+                why: "429 Too Many Requests".into(),
+                after: THROTTLE,
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn consumer_waits_as_long_as_a_handlers_retry_after(backend: Backend) {
+    let f = backend.plain().await;
+    let handler = Throttled::default();
+    let consumer = Consumer::new("throttled", Q, f.bus.clone(), f.db.pool.clone())
+        .on("Throttled", handler.clone());
+    f.bus
+        .send(
+            Q,
+            OutgoingMessage::new("t", "Throttled", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let first = std::time::Instant::now();
+    assert!(matches!(
+        consumer.process_one(SOME_WAIT).await.unwrap(),
+        Some(Settled::Abandoned { why }) if why.contains("429")
+    ));
+    assert_eq!(
+        consumer.process_one(Duration::from_secs(1)).await.unwrap(),
+        None,
+        "not back before Retry-After"
+    );
+    assert_eq!(
+        consumer.process_one(SOME_WAIT).await.unwrap(),
+        Some(Settled::Completed)
+    );
+    assert!(first.elapsed() + Duration::from_millis(100) >= THROTTLE);
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+}
+
+/// A bus this process reaches for everything but lock renewals, which fail as they would
+/// when it is cut off from the broker for a while.
+struct Partitioned(Arc<dyn Bus>);
+
+#[async_trait]
+impl Bus for Partitioned {
+    async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), BusError> {
+        self.0.send(queue, message).await
+    }
+    async fn receive(
+        &self,
+        queue: QueueName,
+        wait: Duration,
+    ) -> Result<Option<ReceivedMessage>, BusError> {
+        self.0.receive(queue, wait).await
+    }
+    async fn complete(&self, message: &ReceivedMessage) -> Result<(), BusError> {
+        self.0.complete(message).await
+    }
+    async fn complete_recorded(
+        &self,
+        message: &ReceivedMessage,
+        pool: &sqlx::PgPool,
+        consumer: &str,
+        key: &str,
+    ) -> Result<(), BusError> {
+        self.0.complete_recorded(message, pool, consumer, key).await
+    }
+    async fn abandon(&self, message: &ReceivedMessage, how: Abandon) -> Result<(), BusError> {
+        self.0.abandon(message, how).await
+    }
+    async fn renew_lock(
+        &self,
+        _: &ReceivedMessage,
+    ) -> Result<chrono::DateTime<chrono::Utc>, BusError> {
+        Err(BusError::ServiceBus("partitioned from the broker".into()))
+    }
+    async fn dead_letter(
+        &self,
+        message: &ReceivedMessage,
+        reason: &str,
+        description: &str,
+    ) -> Result<(), BusError> {
+        self.0.dead_letter(message, reason, description).await
+    }
+    async fn stats(&self, queue: QueueName) -> Result<QueueStats, BusError> {
+        self.0.stats(queue).await
+    }
+    async fn dead_letters(
+        &self,
+        queue: QueueName,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        self.0.dead_letters(queue, limit).await
+    }
+    async fn resubmit(&self, queue: QueueName, message_id: &str) -> Result<bool, BusError> {
+        self.0.resubmit(queue, message_id).await
+    }
+}
+
+/// Works for 20 s unless cancelled; says whether it ever finished.
+#[derive(Clone, Default)]
+struct Stalls {
+    finished: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Handler for Stalls {
+    type Payload = serde_json::Value;
+    async fn handle(&self, _: serde_json::Value, _: &MessageContext) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn consumer_cancels_a_handler_whose_lock_is_lost(backend: Backend) {
+    let lock = Duration::from_secs(3);
+    let f = backend.fixture(lock, 10).await;
+    let handler = Stalls::default();
+    let cut_off: Arc<dyn Bus> = Arc::new(Partitioned(f.bus.clone()));
+    let consumer =
+        Consumer::new("stalls", Q, cut_off, f.db.pool.clone()).on("Stalls", handler.clone());
+    f.bus
+        .send(
+            Q,
+            OutgoingMessage::new("s", "Stalls", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let message = f.bus.receive(Q, SOME_WAIT).await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    let settled = tokio::time::timeout(Duration::from_secs(15), consumer.process(message))
+        .await
+        .expect("the handler was cancelled, not waited for")
+        .unwrap();
+    assert_eq!(settled, Settled::LockLost);
+    // Cancelled when the lock ran out unrenewed (the consumer aims a little before it; the
+    // bound leaves room for a slow machine), not when the 20 s handler would have finished.
+    assert!(
+        started.elapsed() < lock + Duration::from_secs(2),
+        "cancelled after {:?}",
+        started.elapsed()
+    );
+    // The next holder gets the message; the cancelled handler never finishes.
+    let again = f
+        .bus
+        .receive(Q, SOME_WAIT)
+        .await
+        .unwrap()
+        .expect("redelivered");
+    assert_eq!(again.delivery_count, 2);
+    f.bus.complete(&again).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handler.finished.load(Ordering::SeqCst), 0);
+}
+
 /// Takes longer than the lock: the consumer's renewals must keep the message its own.
 #[derive(Clone, Default)]
 struct Slow {
@@ -594,6 +921,10 @@ contract!(
     consumer_retries_then_the_bus_dead_letters,
     consumer_renews_locks_of_slow_handlers,
     consumer_loop_drains_and_shuts_down,
+    abandoned_with_a_delay_comes_back_after_it_not_before,
+    dead_letter_waits_for_the_time_budget_and_keeps_the_last_error,
+    consumer_waits_as_long_as_a_handlers_retry_after,
+    consumer_cancels_a_handler_whose_lock_is_lost,
 );
 
 /// The local endpoint checks SAS signatures as Service Bus does, so the adapter's signing is

@@ -2,11 +2,18 @@
 //! loop, the handler, and lettre speaking real SMTP to a small server this test runs on
 //! loopback. The server records the envelope, the AUTH credentials and the DATA; it answers
 //! RCPT for chosen addresses with a permanent (550) or transient (451) refusal, so the
-//! handler's dead-letter and retry paths are exercised over the wire. The last test starts
-//! from the teacher's command: the outbox relay turns the queued email into the job.
+//! handler's dead-letter and retry paths are exercised over the wire. One test starts from
+//! the teacher's command: the outbox relay turns the queued email into the job.
+//!
+//! The server can also refuse every recipient (451) until a moment passes — a relay's outage,
+//! which the bus's backoff must ride out without dead-lettering anything — and stall the
+//! first transaction at `MAIL FROM` until released, so a test can take the message from a
+//! consumer mid-send and see that only one email arrives.
 
+use async_trait::async_trait;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use teachin_commands::testing::TestDatabase;
 use teachin_commands::{command_bus, BusSettings, CommandContext, PortSecrets};
 use teachin_domain::actor::{Actor, Role};
@@ -14,8 +21,11 @@ use teachin_domain::ids::UserId;
 use teachin_domain::outgoing_email::{OutgoingEmail, OutgoingEmailCommand};
 use teachin_projections::{EventLog, LogPosition};
 use teachin_workers::bus::postgres::{PostgresBus, PostgresBusConfig};
-use teachin_workers::bus::{reasons, Bus, OutgoingMessage, QueueName};
-use teachin_workers::consumer::{Consumer, Settled};
+use teachin_workers::bus::{
+    reasons, Abandon, Bus, BusError, DeadLetter, OutgoingMessage, QueueName, QueueStats,
+    ReceivedMessage, RetryPolicy,
+};
+use teachin_workers::consumer::{Consumer, ConsumerConfig, Settled};
 use teachin_workers::email::{self, EmailSettings, SendEmailHandler, SmtpSecurity};
 use teachin_workers::relay::{OutboxRelay, RelayConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -37,6 +47,28 @@ struct Mailbox {
     delivered: Arc<Mutex<Vec<Received>>>,
     /// Transactions that got as far as `MAIL FROM`.
     attempts: Arc<Mutex<usize>>,
+    /// Every recipient is refused with a 451 until then (a relay's outage).
+    refuse_until: Arc<Mutex<Option<Instant>>>,
+    /// The first `MAIL FROM` to take it waits until it is released (or its sender dropped).
+    stall: Arc<Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
+}
+
+impl Mailbox {
+    /// How many messages arrived with each `Message-ID` local part.
+    fn delivered_by_id(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for mail in self.delivered.lock().unwrap().iter() {
+            let id = mail
+                .data
+                .lines()
+                .find_map(|l| l.strip_prefix("Message-ID: <"))
+                .and_then(|rest| rest.split('@').next())
+                .unwrap_or_default()
+                .to_string();
+            *counts.entry(id).or_default() += 1;
+        }
+        counts
+    }
 }
 
 /// A minimal ESMTP server: EHLO, AUTH PLAIN, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
@@ -78,6 +110,10 @@ async fn session(socket: tokio::net::TcpStream, mailbox: Mailbox) {
             "235 2.7.0 Authentication successful".into()
         } else if upper.starts_with("MAIL FROM:") {
             *mailbox.attempts.lock().unwrap() += 1;
+            let stall = mailbox.stall.lock().unwrap().take();
+            if let Some(release) = stall {
+                let _ = release.await;
+            }
             current = Received {
                 auth: auth.clone(),
                 from: line[10..].trim().to_string(),
@@ -86,7 +122,14 @@ async fn session(socket: tokio::net::TcpStream, mailbox: Mailbox) {
             "250 2.1.0 Ok".into()
         } else if upper.starts_with("RCPT TO:") {
             let to = line[8..].trim().to_string();
-            if to.contains("gone@") {
+            let refusing = mailbox
+                .refuse_until
+                .lock()
+                .unwrap()
+                .is_some_and(|until| Instant::now() < until);
+            if refusing {
+                "451 4.3.2 System not accepting network messages".into()
+            } else if to.contains("gone@") {
                 "550 5.1.1 No such user".into()
             } else if to.contains("busy@") {
                 "451 4.3.0 Try again later".into()
@@ -129,6 +172,7 @@ async fn session(socket: tokio::net::TcpStream, mailbox: Mailbox) {
 }
 
 struct Fixture {
+    port: u16,
     bus: Arc<dyn Bus>,
     consumer: Consumer,
     mailbox: Mailbox,
@@ -136,12 +180,25 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(PostgresBusConfig::default(), RetryPolicy::default()).await
+}
+
+async fn fixture_with(config: PostgresBusConfig, retry: RetryPolicy) -> Fixture {
     let (port, mailbox) = smtp_server().await;
     let db = TestDatabase::new().await;
-    let bus: Arc<dyn Bus> = Arc::new(PostgresBus::new(
-        db.pool.clone(),
-        PostgresBusConfig::default(),
-    ));
+    let bus: Arc<dyn Bus> = Arc::new(PostgresBus::new(db.pool.clone(), config).with_retry(retry));
+    let consumer = accessor(port, bus.clone(), &db);
+    Fixture {
+        port,
+        bus,
+        consumer,
+        mailbox,
+        db,
+    }
+}
+
+/// An accessor's email consumer, with an SMTP client of its own (as in its own process).
+fn accessor(port: u16, bus: Arc<dyn Bus>, db: &TestDatabase) -> Consumer {
     let handler = SendEmailHandler::from_settings(&EmailSettings {
         host: "127.0.0.1".into(),
         port,
@@ -152,21 +209,10 @@ async fn fixture() -> Fixture {
         sender_name: "Teachin".into(),
     })
     .unwrap();
-    let consumer = email::register(
-        Consumer::new(
-            "accessor",
-            QueueName::Accessor,
-            bus.clone(),
-            db.pool.clone(),
-        ),
+    email::register(
+        Consumer::new("accessor", QueueName::Accessor, bus, db.pool.clone()),
         handler,
-    );
-    Fixture {
-        bus,
-        consumer,
-        mailbox,
-        db,
-    }
+    )
 }
 
 async fn send(bus: &Arc<dyn Bus>, id: &str, recipient: &str) {
@@ -353,4 +399,190 @@ async fn a_teachers_email_is_relayed_and_arrives_once_even_if_the_relay_crashes(
         mail.data
     );
     assert!(mail.data.contains("Tuesday"), "{}", mail.data);
+}
+
+/// The issue's outage, scaled by ten: the relay refuses every recipient for 2 s (20 s in the
+/// issue) and the bus backs off from 200 ms (2 s by default). Every email arrives once and
+/// none is dead-lettered. Before the backoff, each message's ten deliveries went by within a
+/// second and all five were dead-lettered. The time budget (60 s here) is far beyond the
+/// outage, so the outcome does not depend on how fast this machine is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_refusing_for_a_while_delays_the_mail_and_loses_none() {
+    let outage = Duration::from_secs(2);
+    let f = fixture_with(
+        PostgresBusConfig {
+            min_poll: Duration::from_millis(10),
+            max_poll: Duration::from_millis(50),
+            ..PostgresBusConfig::default()
+        },
+        RetryPolicy {
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(300),
+            min_retry_span: Duration::from_secs(60),
+        },
+    )
+    .await;
+    *f.mailbox.refuse_until.lock().unwrap() = Some(Instant::now() + outage);
+    let ids: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        send(&f.bus, id, &format!("pupil{n}@example.com")).await;
+    }
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(
+        f.consumer
+            .clone()
+            .with_config(ConsumerConfig {
+                receive_wait: Duration::from_millis(500),
+                ..ConsumerConfig::default()
+            })
+            .run(stopped),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while f.mailbox.delivered.lock().unwrap().len() < ids.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+
+    let stats = f.bus.stats(QueueName::Accessor).await.unwrap();
+    assert_eq!(
+        stats.dead_letters,
+        0,
+        "{:?}",
+        f.bus.dead_letters(QueueName::Accessor, 10).await
+    );
+    assert_eq!(stats.depth, 0);
+    let delivered = f.mailbox.delivered_by_id();
+    for id in &ids {
+        assert_eq!(delivered.get(id), Some(&1), "{id}: {delivered:?}");
+    }
+    assert_eq!(delivered.len(), ids.len(), "{delivered:?}");
+    // Tried at growing intervals: far fewer tries than the ten deliveries each message
+    // would have burnt without a backoff.
+    let attempts = *f.mailbox.attempts.lock().unwrap();
+    assert!(attempts >= ids.len(), "{attempts} tries");
+    assert!(attempts < ids.len() * 10, "{attempts} tries");
+}
+
+/// A bus this consumer reaches for everything but lock renewals, which fail as they would
+/// when its process is cut off from the database for a while.
+struct Partitioned(Arc<dyn Bus>);
+
+#[async_trait]
+impl Bus for Partitioned {
+    async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), BusError> {
+        self.0.send(queue, message).await
+    }
+    async fn receive(
+        &self,
+        queue: QueueName,
+        wait: Duration,
+    ) -> Result<Option<ReceivedMessage>, BusError> {
+        self.0.receive(queue, wait).await
+    }
+    async fn complete(&self, message: &ReceivedMessage) -> Result<(), BusError> {
+        self.0.complete(message).await
+    }
+    async fn complete_recorded(
+        &self,
+        message: &ReceivedMessage,
+        pool: &sqlx::PgPool,
+        consumer: &str,
+        key: &str,
+    ) -> Result<(), BusError> {
+        self.0.complete_recorded(message, pool, consumer, key).await
+    }
+    async fn abandon(&self, message: &ReceivedMessage, how: Abandon) -> Result<(), BusError> {
+        self.0.abandon(message, how).await
+    }
+    async fn renew_lock(
+        &self,
+        _: &ReceivedMessage,
+    ) -> Result<chrono::DateTime<chrono::Utc>, BusError> {
+        Err(BusError::Database(sqlx::Error::PoolTimedOut))
+    }
+    async fn dead_letter(
+        &self,
+        message: &ReceivedMessage,
+        reason: &str,
+        description: &str,
+    ) -> Result<(), BusError> {
+        self.0.dead_letter(message, reason, description).await
+    }
+    async fn stats(&self, queue: QueueName) -> Result<QueueStats, BusError> {
+        self.0.stats(queue).await
+    }
+    async fn dead_letters(
+        &self,
+        queue: QueueName,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BusError> {
+        self.0.dead_letters(queue, limit).await
+    }
+    async fn resubmit(&self, queue: QueueName, message_id: &str) -> Result<bool, BusError> {
+        self.0.resubmit(queue, message_id).await
+    }
+}
+
+/// Consumer A takes the job and its send stalls at `MAIL FROM`; A is cut off from the
+/// database, so its lock runs out and consumer B takes the job and sends it. Then the relay
+/// lets A's transaction go on. Before the fix A's handler ran on and a second copy arrived;
+/// now A's handler is cancelled before its lock runs out, its connection closes, and exactly
+/// one email reaches the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_whose_lock_is_lost_mid_way_is_cancelled_and_one_email_arrives() {
+    let lock = Duration::from_secs(3);
+    let f = fixture_with(
+        PostgresBusConfig {
+            lock_duration: lock,
+            ..PostgresBusConfig::default()
+        },
+        RetryPolicy::default(),
+    )
+    .await;
+    let (release, stalled) = tokio::sync::oneshot::channel();
+    *f.mailbox.stall.lock().unwrap() = Some(stalled);
+    // The fixture's consumer is B; A sends to the same relay through a client of its own.
+    let a = accessor(f.port, Arc::new(Partitioned(f.bus.clone())), &f.db);
+    let b = f.consumer.clone();
+    let id = uuid::Uuid::new_v4().to_string();
+    send(&f.bus, &id, "shira@example.com").await;
+
+    let a_run = tokio::spawn(async move { a.process_one(WAIT).await });
+    // A is in the relay's stalled MAIL FROM.
+    let deadline = Instant::now() + WAIT;
+    while *f.mailbox.attempts.lock().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "A never reached the relay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B gets the job once A's lock has run out, and sends it.
+    assert_eq!(b.process_one(WAIT).await.unwrap(), Some(Settled::Completed));
+    assert_eq!(f.mailbox.delivered.lock().unwrap().len(), 1);
+    // A was cancelled (before the fix it would still be waiting on the relay).
+    let a_run = tokio::time::timeout(Duration::from_secs(5), a_run)
+        .await
+        .ok();
+    // The relay lets A's transaction go on, if A is still there to go on with it.
+    let _ = release.send(());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = f.mailbox.delivered_by_id();
+    assert_eq!(delivered.get(&id), Some(&1), "{delivered:?}");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let settled = a_run
+        .expect("A's handler was cancelled when its lock was lost")
+        .unwrap()
+        .unwrap();
+    assert_eq!(settled, Some(Settled::LockLost));
+    // The sent record is there, and the queue is empty.
+    let recorded: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM bus_processed_messages
+                         WHERE consumer = 'accessor' AND message_key = $1)",
+    )
+    .bind(&id)
+    .fetch_one(&f.db.pool)
+    .await
+    .unwrap();
+    assert!(recorded);
+    assert_eq!(f.bus.stats(QueueName::Accessor).await.unwrap().depth, 0);
 }

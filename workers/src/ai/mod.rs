@@ -114,6 +114,10 @@ pub enum AiError {
         status: u16,
         attempts: u32,
         body: String,
+        /// What its last answer's `Retry-After` asked for, so a caller that gives the work
+        /// back to the bus can have it come back no sooner
+        /// ([`crate::consumer::HandlerError::RetryAfter`]).
+        retry_after: Option<std::time::Duration>,
     },
     /// A status no retry will fix (400, 401, 404...).
     #[error("the AI provider refused the request ({status}): {body}")]

@@ -7,7 +7,10 @@
 //! they come, tool-call fragments are put together by their index.
 //!
 //! Failures: 429 and 5xx are retried up to `max_attempts`, waiting what `Retry-After` (or
-//! Azure's `retry-after-ms`) says, else an exponential back-off, capped at `max_delay`. A
+//! Azure's `retry-after-ms`) says, else an exponential back-off, capped at `max_delay`. When
+//! the attempts run out, the last `Retry-After` (uncapped) travels out in
+//! [`AiError::Unavailable`], for a handler that would rather give the message back to the bus
+//! for that long than fail (`HandlerError::RetryAfter`). A
 //! stream that breaks off is retried only if nothing of it was handed on yet; after that the
 //! student has seen part of the answer, and the error is the caller's to report.
 
@@ -273,7 +276,8 @@ impl AiProvider for OpenAiCompatible {
                 }
             }
             let retryable = status.as_u16() == 429 || status.is_server_error();
-            let wait = retry_after(response.headers())
+            let asked = retry_after(response.headers());
+            let wait = asked
                 .unwrap_or_else(|| self.retry.backoff(attempt))
                 .min(self.retry.max_delay);
             let text = response.text().await.unwrap_or_default();
@@ -288,6 +292,7 @@ impl AiProvider for OpenAiCompatible {
                     status: status.as_u16(),
                     attempts: attempt,
                     body: text,
+                    retry_after: asked,
                 });
             }
             tracing::warn!(

@@ -14,6 +14,14 @@
 //! Both pass the same contract tests (`workers/tests/bus_contract.rs`). Sending is idempotent
 //! by message id (Service Bus duplicate detection; a table of accepted ids in PostgreSQL),
 //! which is what lets the outbox relay resend after a crash without duplicating anything.
+//!
+//! **Retries back off.** A message a handler abandons does not come back at once: it waits
+//! the delay the handler asked for (a `Retry-After`), else an exponential backoff with jitter
+//! on its delivery count ([`RetryPolicy`]: 2 s doubling to 5 minutes). And it is
+//! dead-lettered for it only once its retry budget is spent in time as well as in count —
+//! `max_delivery_count` deliveries *and* `min_retry_span` since it was first enqueued — so a
+//! short outage (an SMTP relay, the model API) delays the messages in flight instead of
+//! burning their deliveries in a second. The dead letter keeps the last error.
 
 pub mod metrics;
 pub mod postgres;
@@ -136,6 +144,117 @@ impl OutgoingMessage {
             return Err(BusError::Invalid("the message id is empty".into()));
         }
         serde_json::to_string(&self.payload).map_err(|e| BusError::Invalid(e.to_string()))
+    }
+}
+
+/// How an abandoned message comes back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Abandon {
+    /// Not before this long from now. `None`: the bus's backoff for the delivery count.
+    pub delay: Option<Duration>,
+    /// Why the delivery failed; kept with the message and, if it is dead-lettered, in the
+    /// dead letter's description.
+    pub error: Option<String>,
+}
+
+impl Abandon {
+    /// Back after the bus's backoff for this delivery.
+    pub fn backoff() -> Self {
+        Abandon::default()
+    }
+
+    /// Back as soon as possible (handlers should rather let the bus back off).
+    pub fn now() -> Self {
+        Abandon::after(Duration::ZERO)
+    }
+
+    /// Back after `delay` (what a `Retry-After` asked for).
+    pub fn after(delay: Duration) -> Self {
+        Abandon {
+            delay: Some(delay),
+            error: None,
+        }
+    }
+
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+}
+
+/// When an abandoned message comes back, and when it has had all its chances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The delay after the first delivery; it doubles with each delivery after that.
+    pub backoff_base: Duration,
+    /// The longest backoff.
+    pub backoff_cap: Duration,
+    /// A message abandoned with its deliveries used up is still retried (at the cap) until
+    /// this long after it was first enqueued: the budget is spent in time as well as in count.
+    pub min_retry_span: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 2 s doubling to 5 minutes; ten deliveries take about 13 minutes, so the time budget
+    /// (20 minutes) keeps a message through an outage of that order whatever its count.
+    fn default() -> Self {
+        RetryPolicy {
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(300),
+            min_retry_span: Duration::from_secs(20 * 60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after delivery `delivery` (1 for the first) failed: `base · 2^(delivery-1)`
+    /// capped, then jittered into its upper half ("equal jitter"), so messages that failed
+    /// together do not all come back together, and none comes back sooner than half its step.
+    pub fn backoff(&self, delivery: u32) -> Duration {
+        let doublings = delivery.saturating_sub(1).min(30);
+        let step = self
+            .backoff_base
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_cap);
+        let half = step / 2;
+        // Jitter from a v4 UUID's random bits: no generator of our own to seed or share.
+        let unit = (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64;
+        half + half.mul_f64(unit)
+    }
+
+    /// Whether a message abandoned on delivery `deliveries`, retried since `since`, has had
+    /// all its chances: its deliveries used up *and* the retry span passed.
+    pub fn spent(
+        &self,
+        deliveries: u32,
+        max_delivery_count: u32,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let span = (now - since).to_std().unwrap_or_default();
+        deliveries >= max_delivery_count && span >= self.min_retry_span
+    }
+
+    /// The dead letter's description for a message whose budget is spent.
+    pub(crate) fn spent_description(
+        &self,
+        deliveries: u32,
+        max_delivery_count: u32,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        last_error: Option<&str>,
+    ) -> String {
+        let span = (now - since).num_seconds();
+        let mut text = format!(
+            "abandoned on delivery {deliveries} of at most {max_delivery_count}, {span} s after \
+             its first try (at least {} s)",
+            self.min_retry_span.as_secs()
+        );
+        if let Some(error) = last_error {
+            text.push_str("; last error: ");
+            text.push_str(error);
+        }
+        text
     }
 }
 
@@ -273,9 +392,26 @@ pub trait Bus: Send + Sync {
     /// Done: the message leaves the queue. [`BusError::LockLost`] if the lock ran out first.
     async fn complete(&self, message: &ReceivedMessage) -> Result<(), BusError>;
 
-    /// Not done: the message is available again at once (or dead-lettered if that was its
-    /// last delivery).
-    async fn abandon(&self, message: &ReceivedMessage) -> Result<(), BusError>;
+    /// Not done: the message is available again after `how`'s delay (else the backoff of
+    /// the bus's [`RetryPolicy`]), or dead-lettered with the last error if its retry budget
+    /// is spent in count and in time.
+    async fn abandon(&self, message: &ReceivedMessage, how: Abandon) -> Result<(), BusError>;
+
+    /// Done, and remembered as done by `consumer` (`bus_processed_messages`, keyed by `key`,
+    /// in `pool`), so that a redelivery is not handled again. The PostgreSQL backend writes
+    /// the record and deletes the message in one transaction of its own database; the record
+    /// is kept even when the lock was lost (the work *was* done), and the answer is then
+    /// [`BusError::LockLost`]. Other backends record, then complete.
+    async fn complete_recorded(
+        &self,
+        message: &ReceivedMessage,
+        pool: &sqlx::PgPool,
+        consumer: &str,
+        key: &str,
+    ) -> Result<(), BusError> {
+        record_processed(pool, consumer, key).await?;
+        self.complete(message).await
+    }
 
     /// Keeps the lock for another lock duration; returns the new deadline.
     async fn renew_lock(&self, message: &ReceivedMessage) -> Result<DateTime<Utc>, BusError>;
@@ -301,6 +437,26 @@ pub trait Bus: Send + Sync {
     /// Puts a dead letter back in its queue with a fresh delivery count. `false` if there is
     /// no dead letter with that id.
     async fn resubmit(&self, queue: QueueName, message_id: &str) -> Result<bool, BusError>;
+}
+
+/// Remembers that `consumer` finished the message known by `key`.
+pub(crate) async fn record_processed<'c, E>(
+    executor: E,
+    consumer: &str,
+    key: &str,
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    sqlx::query(
+        "INSERT INTO bus_processed_messages (consumer, message_key) VALUES ($1, $2)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(key)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// How many dead letters `resubmit_all` handles per round.
@@ -356,4 +512,40 @@ pub fn connect(config: &BusConfig, pool: sqlx::PgPool) -> Result<Arc<dyn Bus>, B
             pool,
         )?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_to_the_cap_with_jitter_in_the_upper_half() {
+        let policy = RetryPolicy::default();
+        for (delivery, step) in [(1, 2), (2, 4), (3, 8), (8, 256), (9, 300), (40, 300)] {
+            let step = Duration::from_secs(step);
+            for _ in 0..50 {
+                let delay = policy.backoff(delivery);
+                assert!(delay >= step / 2 && delay <= step, "{delivery}: {delay:?}");
+            }
+        }
+        // Jittered: messages that failed together do not all come back together.
+        let delays: std::collections::HashSet<_> = (0..20).map(|_| policy.backoff(5)).collect();
+        assert!(delays.len() > 1);
+    }
+
+    #[test]
+    fn the_budget_is_spent_in_count_and_in_time() {
+        let policy = RetryPolicy {
+            min_retry_span: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        };
+        let since = Utc::now();
+        let later = since + chrono::Duration::seconds(61);
+        assert!(!policy.spent(9, 10, since, later), "deliveries left");
+        assert!(!policy.spent(10, 10, since, since), "time left");
+        assert!(policy.spent(10, 10, since, later));
+        let text = policy.spent_description(10, 10, since, later, Some("451 busy"));
+        assert!(text.contains("delivery 10 of at most 10"), "{text}");
+        assert!(text.ends_with("last error: 451 busy"), "{text}");
+    }
 }

@@ -3,16 +3,22 @@
 //! A queue is the rows of `bus_messages` with its name. A receiver takes the first row in
 //! sequence order whose `visible_at` has passed, skipping rows other receivers hold
 //! (`FOR UPDATE SKIP LOCKED`), and stamps it with a fresh lock token, a lock deadline (the row
-//! becomes visible again then) and one more delivery. Completing deletes the row, abandoning
-//! makes it visible at once, renewing moves the deadline; each checks the token and that the
-//! lock has not run out, so a receiver that lost its lock cannot settle someone else's
-//! delivery. A message that would be delivered more than `max_delivery_count` times moves to
-//! `bus_dead_letters` instead, as Service Bus does.
+//! becomes visible again then) and one more delivery. Completing deletes the row, renewing
+//! moves the deadline; each checks the token and that the lock has not run out, so a receiver
+//! that lost its lock cannot settle someone else's delivery.
+//!
+//! Abandoning makes the row visible again after a delay — the handler's (`Retry-After`), else
+//! the [`RetryPolicy`]'s backoff for its delivery count — and keeps the error in `last_error`.
+//! An abandoned message moves to `bus_dead_letters` only when its retry budget is spent in
+//! count and in time (`max_delivery_count` deliveries, and `min_retry_span` since
+//! `retry_since`), with the last error in the description. A message whose *lock ran out* on
+//! its last delivery (a worker killed mid-message, again and again) is dead-lettered when it
+//! would be delivered once more, as Service Bus does, by count alone.
 //!
 //! Sends are idempotent by message id through `bus_message_ids`, in the same statement.
 
-use super::ReceivedMessage;
 use super::{reasons, Bus, BusError, DeadLetter, Lock, OutgoingMessage, QueueName, QueueStats};
+use super::{record_processed, Abandon, ReceivedMessage, RetryPolicy};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -47,6 +53,7 @@ impl Default for PostgresBusConfig {
 pub struct PostgresBus {
     pool: PgPool,
     config: PostgresBusConfig,
+    retry: RetryPolicy,
 }
 
 /// A row of `bus_messages` as a receiver gets it.
@@ -64,12 +71,27 @@ struct MessageRow {
 }
 
 impl PostgresBus {
+    /// A bus with the default [`RetryPolicy`].
     pub fn new(pool: PgPool, config: PostgresBusConfig) -> Self {
-        PostgresBus { pool, config }
+        PostgresBus {
+            pool,
+            config,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The same bus with another backoff and retry budget.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     pub fn config(&self) -> &PostgresBusConfig {
         &self.config
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
     }
 
     /// One attempt to take a message; dead-letters the exhausted ones it meets on the way.
@@ -77,8 +99,11 @@ impl PostgresBus {
         let mut conn = self.pool.acquire().await?;
         loop {
             let mut tx = conn.begin().await?;
-            let candidate: Option<(i64, i32)> = sqlx::query_as(
-                "SELECT sequence_number, delivery_count FROM bus_messages
+            // `lock_token` is set while a receiver holds the row and cleared by an abandon:
+            // a visible row that still has one is a row whose lock ran out.
+            let candidate: Option<(i64, i32, bool, Option<String>)> = sqlx::query_as(
+                "SELECT sequence_number, delivery_count, lock_token IS NOT NULL, last_error
+                   FROM bus_messages
                   WHERE queue = $1 AND visible_at <= clock_timestamp()
                   ORDER BY sequence_number
                   LIMIT 1
@@ -87,20 +112,25 @@ impl PostgresBus {
             .bind(queue.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((sequence_number, deliveries)) = candidate else {
+            let Some((sequence_number, deliveries, lock_ran_out, last_error)) = candidate else {
                 tx.commit().await?;
                 return Ok(None);
             };
-            if deliveries as u32 >= self.config.max_delivery_count {
+            if lock_ran_out && deliveries as u32 >= self.config.max_delivery_count {
                 // Its last lock ran out: it has had every delivery it may have.
+                let mut description = format!(
+                    "the lock expired on delivery {deliveries} of at most {}",
+                    self.config.max_delivery_count
+                );
+                if let Some(error) = last_error {
+                    description.push_str("; last error: ");
+                    description.push_str(&error);
+                }
                 move_to_dead_letters(
                     &mut tx,
                     sequence_number,
                     reasons::MAX_DELIVERY_COUNT_EXCEEDED,
-                    &format!(
-                        "the lock expired on delivery {deliveries} of at most {}",
-                        self.config.max_delivery_count
-                    ),
+                    &description,
                 )
                 .await?;
                 tx.commit().await?;
@@ -149,10 +179,11 @@ impl PostgresBus {
     }
 
     /// Locks the row of a message this receiver still holds, inside `tx`.
-    async fn hold(tx: &mut PgConnection, message: &ReceivedMessage) -> Result<i32, BusError> {
+    async fn hold(tx: &mut PgConnection, message: &ReceivedMessage) -> Result<Held, BusError> {
         let token = Self::token(message)?;
-        let row: Option<(i32,)> = sqlx::query_as(
-            "SELECT delivery_count FROM bus_messages
+        let row: Option<Held> = sqlx::query_as(
+            "SELECT delivery_count, retry_since, last_error, clock_timestamp() AS now
+               FROM bus_messages
               WHERE sequence_number = $1 AND lock_token = $2 AND locked_until > clock_timestamp()
               FOR UPDATE",
         )
@@ -160,7 +191,7 @@ impl PostgresBus {
         .bind(token)
         .fetch_optional(&mut *tx)
         .await?;
-        row.map(|r| r.0).ok_or(BusError::LockLost)
+        row.ok_or(BusError::LockLost)
     }
 
     /// Deletes message ids accepted before `before` (the duplicate-detection window) and
@@ -172,6 +203,16 @@ impl PostgresBus {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// A held message's row, as settling needs it.
+#[derive(sqlx::FromRow)]
+struct Held {
+    delivery_count: i32,
+    retry_since: DateTime<Utc>,
+    last_error: Option<String>,
+    /// The database's clock, which every deadline of the queue is on.
+    now: DateTime<Utc>,
 }
 
 /// Moves a (locked, in `tx`) message row to the dead letters.
@@ -262,32 +303,76 @@ impl Bus for PostgresBus {
         }
     }
 
-    async fn abandon(&self, message: &ReceivedMessage) -> Result<(), BusError> {
+    async fn abandon(&self, message: &ReceivedMessage, how: Abandon) -> Result<(), BusError> {
         let mut tx = self.pool.begin().await?;
-        let deliveries = Self::hold(&mut tx, message).await?;
-        if deliveries as u32 >= self.config.max_delivery_count {
+        let held = Self::hold(&mut tx, message).await?;
+        let deliveries = held.delivery_count.max(0) as u32;
+        let max = self.config.max_delivery_count;
+        let last_error = how.error.as_deref().or(held.last_error.as_deref());
+        if self
+            .retry
+            .spent(deliveries, max, held.retry_since, held.now)
+        {
+            let description = self.retry.spent_description(
+                deliveries,
+                max,
+                held.retry_since,
+                held.now,
+                last_error,
+            );
             move_to_dead_letters(
                 &mut tx,
                 message.sequence_number,
                 reasons::MAX_DELIVERY_COUNT_EXCEEDED,
-                &format!(
-                    "abandoned on delivery {deliveries} of at most {}",
-                    self.config.max_delivery_count
-                ),
+                &description,
             )
             .await?;
         } else {
+            let delay = how.delay.unwrap_or_else(|| self.retry.backoff(deliveries));
             sqlx::query(
                 "UPDATE bus_messages
-                    SET lock_token = NULL, locked_until = NULL, visible_at = clock_timestamp()
+                    SET lock_token = NULL, locked_until = NULL,
+                        visible_at = clock_timestamp() + $2 * interval '1 millisecond',
+                        last_error = $3
                   WHERE sequence_number = $1",
             )
             .bind(message.sequence_number)
+            .bind(delay.as_millis() as f64)
+            .bind(last_error)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn complete_recorded(
+        &self,
+        message: &ReceivedMessage,
+        _pool: &PgPool,
+        consumer: &str,
+        key: &str,
+    ) -> Result<(), BusError> {
+        // One transaction: the record and the completion commit together. The record commits
+        // even when the lock is gone — the work was done, and the redelivery that someone else
+        // holds will find it and complete as a duplicate.
+        let token = Self::token(message)?;
+        let mut tx = self.pool.begin().await?;
+        record_processed(&mut *tx, consumer, key).await?;
+        let done = sqlx::query(
+            "DELETE FROM bus_messages
+              WHERE sequence_number = $1 AND lock_token = $2 AND locked_until > clock_timestamp()",
+        )
+        .bind(message.sequence_number)
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(BusError::LockLost)
+        }
     }
 
     async fn renew_lock(&self, message: &ReceivedMessage) -> Result<DateTime<Utc>, BusError> {

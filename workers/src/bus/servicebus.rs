@@ -28,14 +28,30 @@
 //!   carries the original in the `original-message-id` property (consumers deduplicate on
 //!   it, see [`ReceivedMessage::dedupe_key`]).
 //!
+//! - **Abandoning with a delay**: Service Bus has no delayed abandon (an unlock makes the
+//!   message available at once). So an abandon *completes* the delivery and sends a copy
+//!   scheduled for later (`ScheduledEnqueueTimeUtc` in `BrokerProperties`, rounded up to the
+//!   whole second the REST API carries). The copy's broker id is `{message id}~{delivery}`
+//!   (duplicate detection drops a second copy of the same retry) and it carries what the
+//!   receiver must see as on the PostgreSQL queue, in properties this adapter reads back and
+//!   hides: `teachin-message-id` (the message id it presents), `teachin-deliveries`
+//!   (deliveries already spent, added to the broker's count of the copy),
+//!   `teachin-enqueued-at` (the first enqueue), `teachin-retry-since` (when the retry budget's
+//!   clock started) and `teachin-last-error`. The copy is sent before the delivery is
+//!   completed: a crash in between leaves two copies (the consumer's idempotency absorbs the
+//!   repeat), never none. When the budget is spent in count and in time the adapter parks the
+//!   message with the last error (as an explicit dead-letter) instead. The broker's own
+//!   `MaxDeliveryCount` still dead-letters a message (or copy) whose *locks* keep running out;
+//!   `max_delivery_count` here must equal it (Terraform sets both to 10).
+//!
 //! Idempotent sends rely on the queues' duplicate detection (`requires_duplicate_detection`
 //! in Terraform): the broker drops a message whose id it accepted within its history window.
 //! The crate hard-codes `https://{namespace}.servicebus.windows.net`, so only the public
 //! Azure cloud is reachable (or anything the injected client redirects to).
 
 use super::{
-    postgres::list_parked, Bus, BusError, DeadLetter, Lock, OutgoingMessage, QueueName, QueueStats,
-    ReceivedMessage, ORIGINAL_MESSAGE_ID,
+    postgres::list_parked, reasons, Abandon, Bus, BusError, DeadLetter, Lock, OutgoingMessage,
+    QueueName, QueueStats, ReceivedMessage, RetryPolicy, ORIGINAL_MESSAGE_ID,
 };
 use async_trait::async_trait;
 use azure_core::headers::{HeaderName, Headers};
@@ -60,6 +76,15 @@ pub const DEAD_LETTER_SUBQUEUE: &str = "$DeadLetterQueue";
 /// How long a SAS token the adapter makes itself is valid.
 const SAS_VALIDITY: Duration = Duration::from_secs(3600);
 
+/// The properties a retry copy carries (see the module comment); never shown to receivers.
+const RETRY_MESSAGE_ID: &str = "teachin-message-id";
+const RETRY_DELIVERIES: &str = "teachin-deliveries";
+const RETRY_ENQUEUED_AT: &str = "teachin-enqueued-at";
+const RETRY_SINCE: &str = "teachin-retry-since";
+const RETRY_LAST_ERROR: &str = "teachin-last-error";
+/// The longest last error a copy carries (it travels as an HTTP header).
+const LAST_ERROR_CHARS: usize = 512;
+
 #[derive(Clone)]
 pub struct ServiceBusConfig {
     /// `{namespace}` of `{namespace}.servicebus.windows.net`.
@@ -70,6 +95,10 @@ pub struct ServiceBusConfig {
     pub key: String,
     /// How many messages of the broker's dead-letter sub-queue one list or resubmit looks at.
     pub dead_letter_scan_limit: usize,
+    /// The queues' `MaxDeliveryCount` (the count half of the retry budget).
+    pub max_delivery_count: u32,
+    /// Backoff and the time half of the retry budget.
+    pub retry: RetryPolicy,
 }
 
 impl fmt::Debug for ServiceBusConfig {
@@ -78,6 +107,8 @@ impl fmt::Debug for ServiceBusConfig {
             .field("namespace", &self.namespace)
             .field("policy_name", &self.policy_name)
             .field("key", &"<secret>")
+            .field("max_delivery_count", &self.max_delivery_count)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -125,6 +156,8 @@ impl ServiceBusConfig {
             policy_name: policy_name.ok_or("SharedAccessKeyName is missing")?,
             key: key.ok_or("SharedAccessKey is missing")?,
             dead_letter_scan_limit: 500,
+            max_delivery_count: 10,
+            retry: RetryPolicy::default(),
         })
     }
 
@@ -162,6 +195,9 @@ pub struct ServiceBus {
 pub(crate) struct ServiceBusLock {
     response: PeekLockResponse,
     lock_span: chrono::Duration,
+    /// What earlier copies handed on (see the module comment).
+    retry_since: DateTime<Utc>,
+    last_error: Option<String>,
 }
 
 impl ServiceBus {
@@ -244,26 +280,38 @@ impl ServiceBus {
             Err(never) => match never {},
         };
         let extra = ExtraBrokerProperties::read(&headers)?;
-        let (properties, system) = application_properties(&headers);
+        let (mut properties, system) = application_properties(&headers);
+        let carried = Carried::take(&mut properties);
         let received_at = Utc::now();
         let locked_until = to_chrono(broker.locked_until_utc);
+        let enqueued_at = carried.enqueued_at.unwrap_or_else(|| {
+            broker
+                .enqueued_time_utc
+                .map(to_chrono)
+                .unwrap_or(received_at)
+        });
         let message = ReceivedMessage {
             queue,
-            message_id: broker.message_id.clone(),
+            message_id: carried
+                .message_id
+                .unwrap_or_else(|| broker.message_id.clone()),
             correlation_id: extra.correlation_id,
             action: extra.label.unwrap_or_default(),
             body: response.body(),
             properties,
-            enqueued_at: broker
-                .enqueued_time_utc
-                .map(to_chrono)
-                .unwrap_or(received_at),
-            delivery_count: broker.delivery_count.max(0) as u32,
+            enqueued_at,
+            delivery_count: carried.deliveries + broker.delivery_count.max(0) as u32,
             sequence_number: broker.sequence_number,
             locked_until,
             lock: Lock::ServiceBus(Box::new(ServiceBusLock {
                 response,
                 lock_span: (locked_until - received_at).max(chrono::Duration::seconds(1)),
+                // The broker's enqueue time is cut to the whole second: start the budget's
+                // clock a second later, so it never runs out early.
+                retry_since: carried
+                    .retry_since
+                    .unwrap_or(enqueued_at + chrono::Duration::seconds(1)),
+                last_error: carried.last_error,
             })),
         };
         Ok(Some((message, system)))
@@ -296,10 +344,65 @@ impl ServiceBus {
             action,
             body,
             &properties,
+            None,
         )
         .await
     }
 
+    /// Gives a locked message back at once (listing the dead-letter sub-queue is not taking).
+    async fn unlock(&self, message: &ReceivedMessage) -> Result<(), BusError> {
+        self.lock(message)?
+            .response
+            .unlock_message()
+            .await
+            .map_err(settle_error)
+    }
+
+    /// Sends a copy of `message` to come back after `delay`, carrying its delivery count,
+    /// first enqueue, budget clock and last error (see the module comment).
+    async fn send_retry_copy(
+        &self,
+        message: &ReceivedMessage,
+        lock: &ServiceBusLock,
+        delay: Duration,
+        last_error: Option<&str>,
+    ) -> Result<(), BusError> {
+        let mut properties = message.properties.clone();
+        properties.insert(RETRY_MESSAGE_ID.into(), message.message_id.clone());
+        properties.insert(RETRY_DELIVERIES.into(), message.delivery_count.to_string());
+        properties.insert(RETRY_ENQUEUED_AT.into(), message.enqueued_at.to_rfc3339());
+        properties.insert(RETRY_SINCE.into(), lock.retry_since.to_rfc3339());
+        if let Some(error) = last_error {
+            properties.insert(RETRY_LAST_ERROR.into(), header_safe(error));
+        }
+        // The REST API carries whole seconds: round up, so the copy never comes back early.
+        let scheduled = if delay.is_zero() {
+            None
+        } else {
+            let at = chrono::Duration::from_std(delay)
+                .ok()
+                .and_then(|d| Utc::now().checked_add_signed(d))
+                .ok_or_else(|| BusError::Invalid(format!("a retry in {delay:?} is too far")))?;
+            let whole = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+            Some(
+                time::OffsetDateTime::from_unix_timestamp(whole).map_err(|e| {
+                    BusError::Invalid(format!("a retry at {at} cannot be scheduled: {e}"))
+                })?,
+            )
+        };
+        self.send_raw(
+            message.queue,
+            &format!("{}~{}", message.message_id, message.delivery_count),
+            message.correlation_id.clone(),
+            &message.action,
+            &message.body,
+            &properties,
+            scheduled,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn send_raw(
         &self,
         queue: QueueName,
@@ -308,6 +411,7 @@ impl ServiceBus {
         action: &str,
         body: &str,
         properties: &BTreeMap<String, String>,
+        scheduled: Option<time::OffsetDateTime>,
     ) -> Result<(), BusError> {
         let options = SendMessageOptions {
             content_type: Some("application/json".into()),
@@ -315,6 +419,7 @@ impl ServiceBus {
                 message_id: Some(message_id.to_string()),
                 correlation_id,
                 label: Some(action.to_string()),
+                scheduled_enqueue_time_utc: scheduled,
                 ..Default::default()
             }),
             // Custom properties travel as headers; a string value is sent JSON-quoted.
@@ -395,6 +500,57 @@ impl ExtraBrokerProperties {
             None => Ok(Self::default()),
         }
     }
+}
+
+/// What a retry copy hands on, read from (and removed from) its properties.
+#[derive(Default)]
+struct Carried {
+    message_id: Option<String>,
+    deliveries: u32,
+    enqueued_at: Option<DateTime<Utc>>,
+    retry_since: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+impl Carried {
+    fn take(properties: &mut BTreeMap<String, String>) -> Self {
+        let time = |raw: Option<String>| {
+            raw.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Carried {
+            message_id: properties.remove(RETRY_MESSAGE_ID),
+            deliveries: properties
+                .remove(RETRY_DELIVERIES)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+            enqueued_at: time(properties.remove(RETRY_ENQUEUED_AT)),
+            retry_since: time(properties.remove(RETRY_SINCE)),
+            last_error: properties.remove(RETRY_LAST_ERROR),
+        }
+    }
+}
+
+/// The broker's description of a dead letter, and the last error a retry copy carried.
+fn with_last_error(description: String, last_error: Option<&str>) -> String {
+    match last_error {
+        Some(error) => format!("{description}; last error: {error}"),
+        None => description,
+    }
+}
+
+/// An error as an HTTP header can carry it: printable ASCII, bounded.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(LAST_ERROR_CHARS)
+        .collect()
 }
 
 /// Headers the broker or HTTP put on a response: never application properties.
@@ -495,6 +651,7 @@ impl Bus for ServiceBus {
             &message.action,
             &body,
             &message.properties,
+            None,
         )
         .await
     }
@@ -519,12 +676,30 @@ impl Bus for ServiceBus {
         Ok(())
     }
 
-    async fn abandon(&self, message: &ReceivedMessage) -> Result<(), BusError> {
-        self.lock(message)?
-            .response
-            .unlock_message()
+    async fn abandon(&self, message: &ReceivedMessage, how: Abandon) -> Result<(), BusError> {
+        let lock = self.lock(message)?;
+        let now = Utc::now();
+        let deliveries = message.delivery_count;
+        let max = self.config.max_delivery_count;
+        let retry = self.config.retry;
+        let last_error = how.error.as_deref().or(lock.last_error.as_deref());
+        if retry.spent(deliveries, max, lock.retry_since, now) {
+            let description =
+                retry.spent_description(deliveries, max, lock.retry_since, now, last_error);
+            return self
+                .dead_letter(message, reasons::MAX_DELIVERY_COUNT_EXCEEDED, &description)
+                .await;
+        }
+        let delay = how.delay.unwrap_or_else(|| retry.backoff(deliveries));
+        // The lock must still be ours before a copy goes out, or two receivers would each
+        // schedule one: a renewal checks it (and keeps it for the send).
+        lock.response
+            .renew_message_lock()
             .await
-            .map_err(settle_error)
+            .map_err(settle_error)?;
+        self.send_retry_copy(message, lock, delay, last_error)
+            .await?;
+        self.complete(message).await
     }
 
     async fn renew_lock(&self, message: &ReceivedMessage) -> Result<DateTime<Utc>, BusError> {
@@ -582,7 +757,9 @@ impl Bus for ServiceBus {
 
     async fn stats(&self, queue: QueueName) -> Result<QueueStats, BusError> {
         let description = self.queue_description(queue).await?;
-        let active = count_in(&description, "ActiveMessageCount")?;
+        // Scheduled messages (retries waiting out their backoff) are still in the queue.
+        let active = count_in(&description, "ActiveMessageCount")?
+            + count_in(&description, "ScheduledMessageCount").unwrap_or(0);
         let broker_dead = count_in(&description, "DeadLetterMessageCount")?;
         let parked: i64 =
             sqlx::query_scalar("SELECT count(*) FROM bus_dead_letters WHERE queue = $1")
@@ -618,15 +795,18 @@ impl Bus for ServiceBus {
                 enqueued_at: Some(message.enqueued_at),
                 delivery_count: message.delivery_count,
                 reason: system.get(DEAD_LETTER_REASON).cloned().unwrap_or_default(),
-                description: system
-                    .get(DEAD_LETTER_DESCRIPTION)
-                    .cloned()
-                    .unwrap_or_default(),
+                description: with_last_error(
+                    system
+                        .get(DEAD_LETTER_DESCRIPTION)
+                        .cloned()
+                        .unwrap_or_default(),
+                    self.lock(message)?.last_error.as_deref(),
+                ),
             });
         }
         // Listing is not taking: give every broker dead letter back.
         for (message, _) in &locked {
-            self.abandon(message).await?;
+            self.unlock(message).await?;
         }
         Ok(letters)
     }
@@ -679,7 +859,7 @@ impl Bus for ServiceBus {
                 self.complete(message).await?;
                 found = true;
             } else {
-                self.abandon(message).await?;
+                self.unlock(message).await?;
             }
         }
         Ok(found)

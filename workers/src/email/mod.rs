@@ -3,11 +3,21 @@
 //! drafted by the AI).
 //!
 //! Why a queue job rather than a call in the request: SMTP is slow and fails transiently;
-//! the consumer loop retries a `Retry` (a 4xx reply, a dropped connection, a timeout) and
-//! dead-letters a `Reject` (a malformed address, a 5xx reply) with the reason, where an
-//! operator can resubmit it. The loop also skips a message id it already handled; the
-//! `Message-ID` header is derived from the bus message id too, so the rare resend after a
-//! crash between sending and recording is one message to mail systems that deduplicate.
+//! the consumer loop retries a `Retry` (a 4xx reply, a dropped connection, a timeout) after
+//! the bus's backoff, so a relay that refuses for a while delays the mail rather than
+//! dead-lettering it, and dead-letters a `Reject` (a malformed address, a 5xx reply) with the
+//! reason, where an operator can resubmit it.
+//!
+//! An email goes out once per message id:
+//! - the consumer checks its sent record (`bus_processed_messages`, keyed by the message id)
+//!   before the handler runs, and writes it with the completion — in the same transaction on
+//!   the PostgreSQL bus — so a redelivery of a sent email is completed without sending;
+//! - a handler whose lock is lost is cancelled before the message's next holder can take it,
+//!   so a stalled send cannot complete beside the next holder's;
+//! - each send uses a connection of its own, closed after it (the pool keeps none idle): a
+//!   cancelled send must not hand a connection stopped mid-command to the next one;
+//! - the `Message-ID` header is derived from the message id, so the rare resend after a crash
+//!   between sending and recording is one message to mail systems that deduplicate.
 //!
 //! Transport security follows the port unless configured: 465 is TLS from the first byte,
 //! anything else (Brevo's 587) must upgrade with STARTTLS before credentials are sent.
@@ -18,6 +28,7 @@ use async_trait::async_trait;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -133,7 +144,10 @@ impl SendEmailHandler {
             }
         }
         .port(settings.port)
-        .timeout(Some(SMTP_TIMEOUT));
+        .timeout(Some(SMTP_TIMEOUT))
+        // No idle connections: each send connects, and its connection is closed after it,
+        // also when the send was cancelled half-way (see the module comment).
+        .pool_config(PoolConfig::new().min_idle(0).max_size(0));
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
             builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
         }

@@ -4,8 +4,11 @@
 //!
 //! What it implements, as the REST reference describes Service Bus:
 //! - `POST /{queue}/messages`: send; `BrokerProperties` header (`MessageId`, `Label`,
-//!   `CorrelationId`...), custom properties as headers. Duplicate detection: a message id the
-//!   queue already accepted is acknowledged (201) and dropped.
+//!   `CorrelationId`, `ScheduledEnqueueTimeUtc`...), custom properties as headers. Duplicate
+//!   detection: a message id the queue already accepted is acknowledged (201) and dropped.
+//!   A scheduled message is enqueued at its time (RFC 2822, whole seconds): until then no
+//!   receiver gets it, it counts as `ScheduledMessageCount` (not active), and its
+//!   `EnqueuedTimeUtc` is the scheduled time, as on Service Bus.
 //! - `POST /{queue}/messages/head?timeout=N`: peek-lock, waiting up to N seconds. 201 with
 //!   the body, a `Location` header naming the lock
 //!   (`https://{ns}.servicebus.windows.net/{queue}/messages/{sequence}/{lockToken}`), the
@@ -67,6 +70,7 @@ impl Default for LocalServiceBusSettings {
 pub struct LocalServiceBus {
     pub addr: SocketAddr,
     pub key: String,
+    max_delivery_count: u32,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -80,6 +84,7 @@ impl LocalServiceBus {
     /// Starts an endpoint on a free local port.
     pub async fn start(settings: LocalServiceBusSettings) -> Self {
         let key = format!("local-key-{}", Uuid::new_v4().simple());
+        let max_delivery_count = settings.max_delivery_count;
         let broker = Arc::new(Broker {
             settings,
             key: key.clone(),
@@ -94,13 +99,20 @@ impl LocalServiceBus {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.ok();
         });
-        LocalServiceBus { addr, key, server }
+        LocalServiceBus {
+            addr,
+            key,
+            max_delivery_count,
+            server,
+        }
     }
 
-    /// What the adapter is configured with.
+    /// What the adapter is configured with (its `max_delivery_count` the queues').
     pub fn config(&self) -> ServiceBusConfig {
-        ServiceBusConfig::from_connection_string(&self.connection_string())
-            .expect("the local connection string parses")
+        let mut config = ServiceBusConfig::from_connection_string(&self.connection_string())
+            .expect("the local connection string parses");
+        config.max_delivery_count = self.max_delivery_count;
+        config
     }
 
     pub fn connection_string(&self) -> String {
@@ -185,9 +197,17 @@ struct Stored {
     settable: serde_json::Map<String, serde_json::Value>,
     /// Custom properties: header name → raw header value (JSON-encoded).
     custom: BTreeMap<String, String>,
+    /// When it enters the queue: at once, or at its `ScheduledEnqueueTimeUtc`.
     enqueued_at: DateTime<Utc>,
     delivery_count: u32,
     lock: Option<(Uuid, DateTime<Utc>)>,
+}
+
+impl Stored {
+    /// Scheduled for later: in the entity, but no receiver gets it yet.
+    fn scheduled(&self, now: DateTime<Utc>) -> bool {
+        self.enqueued_at > now
+    }
 }
 
 impl BrokerState {
@@ -396,6 +416,22 @@ impl Broker {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let enqueued_at = match settable
+            .get("ScheduledEnqueueTimeUtc")
+            .and_then(|v| v.as_str())
+        {
+            None => Utc::now(),
+            Some(raw) => match DateTime::parse_from_rfc2822(raw) {
+                Ok(at) => at.with_timezone(&Utc).max(Utc::now()),
+                Err(e) => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!("ScheduledEnqueueTimeUtc `{raw}`: {e}"),
+                    )
+                        .into_response()
+                }
+            },
+        };
         {
             let mut state = self.state.lock().expect("not poisoned");
             state.next_sequence += 1;
@@ -411,7 +447,7 @@ impl Broker {
                         content_type,
                         settable,
                         custom,
-                        enqueued_at: Utc::now(),
+                        enqueued_at,
                         delivery_count: 0,
                         lock: None,
                     },
@@ -448,7 +484,7 @@ impl Broker {
             .entity(entity)
             .messages
             .values_mut()
-            .find(|m| m.lock.is_none())?;
+            .find(|m| m.lock.is_none() && !m.scheduled(now))?;
         let token = Uuid::new_v4();
         let until = now + lock_duration;
         message.lock = Some((token, until));
@@ -533,9 +569,16 @@ impl Broker {
         if entity.contains('/') {
             return (StatusCode::NOT_FOUND, "not a queue").into_response();
         }
+        let now = Utc::now();
         let mut state = self.state.lock().expect("not poisoned");
-        state.expire_locks(self.settings.max_delivery_count, Utc::now());
-        let active = state.entity(entity).messages.len();
+        state.expire_locks(self.settings.max_delivery_count, now);
+        let scheduled = state
+            .entity(entity)
+            .messages
+            .values()
+            .filter(|m| m.scheduled(now))
+            .count();
+        let active = state.entity(entity).messages.len() - scheduled;
         let dead = state
             .entity(&format!("{entity}/{DEAD_LETTER_SUBQUEUE}"))
             .messages
@@ -543,8 +586,8 @@ impl Broker {
         let lock_seconds = self.settings.lock_duration.as_secs();
         let max = self.settings.max_delivery_count;
         let xml = format!(
-            r#"<entry xmlns="http://www.w3.org/2005/Atom"><id>https://{NAMESPACE}.servicebus.windows.net/{entity}?api-version=2021-05</id><title type="text">{entity}</title><content type="application/xml"><QueueDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><LockDuration>PT{lock_seconds}S</LockDuration><RequiresDuplicateDetection>true</RequiresDuplicateDetection><MaxDeliveryCount>{max}</MaxDeliveryCount><MessageCount>{total}</MessageCount><CountDetails xmlns:d2p1="http://schemas.microsoft.com/netservices/2011/06/servicebus"><d2p1:ActiveMessageCount>{active}</d2p1:ActiveMessageCount><d2p1:DeadLetterMessageCount>{dead}</d2p1:DeadLetterMessageCount><d2p1:ScheduledMessageCount>0</d2p1:ScheduledMessageCount><d2p1:TransferMessageCount>0</d2p1:TransferMessageCount><d2p1:TransferDeadLetterMessageCount>0</d2p1:TransferDeadLetterMessageCount></CountDetails></QueueDescription></content></entry>"#,
-            total = active + dead
+            r#"<entry xmlns="http://www.w3.org/2005/Atom"><id>https://{NAMESPACE}.servicebus.windows.net/{entity}?api-version=2021-05</id><title type="text">{entity}</title><content type="application/xml"><QueueDescription xmlns="http://schemas.microsoft.com/netservices/2010/10/servicebus/connect" xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><LockDuration>PT{lock_seconds}S</LockDuration><RequiresDuplicateDetection>true</RequiresDuplicateDetection><MaxDeliveryCount>{max}</MaxDeliveryCount><MessageCount>{total}</MessageCount><CountDetails xmlns:d2p1="http://schemas.microsoft.com/netservices/2011/06/servicebus"><d2p1:ActiveMessageCount>{active}</d2p1:ActiveMessageCount><d2p1:DeadLetterMessageCount>{dead}</d2p1:DeadLetterMessageCount><d2p1:ScheduledMessageCount>{scheduled}</d2p1:ScheduledMessageCount><d2p1:TransferMessageCount>0</d2p1:TransferMessageCount><d2p1:TransferDeadLetterMessageCount>0</d2p1:TransferDeadLetterMessageCount></CountDetails></QueueDescription></content></entry>"#,
+            total = active + scheduled + dead
         );
         (
             StatusCode::OK,
