@@ -510,6 +510,34 @@ async fn at_head(db: &TestDatabase, name: &str) -> bool {
     matches!(checkpoint::get(&db.pool, name).await.unwrap(), Some(c) if c.position == end)
 }
 
+/// What the projections that were at the head when the test began have applied.
+async fn applied_by_the_leaders(db: &TestDatabase) -> (i64, i64) {
+    (
+        events_applied(db, "game_configs").await,
+        events_applied(db, "application_counter").await,
+    )
+}
+
+/// The end of every catch-up test: no checkpoint went back, the projections at the head
+/// applied nothing since `before`, and the counter saw each event exactly once.
+async fn assert_the_leaders_applied_nothing_twice(db: &TestDatabase, before: (i64, i64)) {
+    assert_no_checkpoint_moved_back(db).await;
+    assert_eq!(
+        applied_by_the_leaders(db).await,
+        before,
+        "a projection at the head applied events again while another caught up"
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT count(*) FROM read_model.applied_events WHERE times <> 1"
+        )
+        .await,
+        0,
+        "an event was applied twice"
+    );
+}
+
 /// [`ApplicationCounter`] under another name and table: a projection deployed later.
 struct LateCounter;
 
@@ -565,10 +593,7 @@ async fn a_projection_deployed_on_a_long_log_catches_up_alone_and_the_others_app
     stop.send(true).unwrap();
     daemon.await.unwrap();
     record_checkpoint_moves(&db).await;
-    let before = (
-        events_applied(&db, "game_configs").await,
-        events_applied(&db, "application_counter").await,
-    );
+    let before = applied_by_the_leaders(&db).await;
     assert_eq!(before, (total, total));
 
     // A new release deploys a third projection; the daemon restarts with all three.
@@ -587,24 +612,8 @@ async fn a_projection_deployed_on_a_long_log_catches_up_alone_and_the_others_app
     stop.send(true).unwrap();
     daemon.await.unwrap();
 
-    assert_no_checkpoint_moved_back(&db).await;
-    assert_eq!(
-        (
-            events_applied(&db, "game_configs").await,
-            events_applied(&db, "application_counter").await,
-        ),
-        before,
-        "a projection already at the head applied events again"
-    );
+    assert_the_leaders_applied_nothing_twice(&db, before).await;
     assert_eq!(events_applied(&db, "late_counter").await, total);
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM read_model.applied_events WHERE times <> 1"
-        )
-        .await,
-        0
-    );
     assert_eq!(
         count(
             &db,
@@ -651,10 +660,7 @@ async fn a_projection_resumed_after_a_long_halt_catches_up_alone_and_the_others_
     })
     .await;
     record_checkpoint_moves(&db).await;
-    let before = (
-        events_applied(&db, "game_configs").await,
-        events_applied(&db, "application_counter").await,
-    );
+    let before = applied_by_the_leaders(&db).await;
     assert_eq!(before, (total, total));
 
     fixed.store(true, Ordering::SeqCst);
@@ -663,24 +669,8 @@ async fn a_projection_resumed_after_a_long_halt_catches_up_alone_and_the_others_
     stop.send(true).unwrap();
     daemon.await.unwrap();
 
-    assert_no_checkpoint_moved_back(&db).await;
-    assert_eq!(
-        (
-            events_applied(&db, "game_configs").await,
-            events_applied(&db, "application_counter").await,
-        ),
-        before,
-        "a projection at the head applied events again while another caught up"
-    );
+    assert_the_leaders_applied_nothing_twice(&db, before).await;
     assert_eq!(events_applied(&db, "fussy").await, total);
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM read_model.applied_events WHERE times <> 1"
-        )
-        .await,
-        0
-    );
 }
 
 /// Holds its batch (and with it the group's transaction and checkpoint locks) open on the
