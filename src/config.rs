@@ -571,7 +571,8 @@ pub fn parse_postgres(raw: &str) -> Result<PgConnectOptions, String> {
 /// machine, no TLS: bytes that never leave the host gain nothing from encryption, and on
 /// loopback the handshake and record layer cost the server about 7 % of its CPU
 /// (`bench/profile.md`). sqlx's default, `prefer`, negotiates TLS whenever the server offers
-/// it; a remote server keeps that default, and deployments name `require` (the chart does).
+/// it; a remote server keeps that default, and deployments name `require` (the connection
+/// string Terraform writes to Key Vault does).
 fn without_tls_on_loopback(raw: &str, options: PgConnectOptions) -> PgConnectOptions {
     let chosen =
         raw.to_ascii_lowercase().contains("sslmode") || std::env::var_os("PGSSLMODE").is_some();

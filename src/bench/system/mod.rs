@@ -197,12 +197,12 @@ pub async fn run(settings: &Settings, args: SystemBenchArgs) -> anyhow::Result<(
         "as `teachin bench projections`. Lag: {}",
         projections::lag_method(&projection_args)
     ));
-    let projection_report = projections::run(settings, projection_args.clone()).await;
+    let projection_report = projections::run(settings, projection_args).await;
     if let Ok(report) = &projection_report {
         projections.method = format!(
             "{} Rebuild: {}",
             projections.method,
-            projections::rebuild_method(&projection_args.effective(), report)
+            projections::rebuild_method(report)
         );
     }
     projections.record(projection_report);
