@@ -173,6 +173,26 @@ pub const RULES: &[(&str, Rule)] = &[
     ("sessionReplayStream", Rule::SelfTeacherOrAdmin),
 ];
 
+/// Privileged operations — granting roles, creating and erasing people, making or breaking a
+/// teacher–student or class relationship — are decided on the caller's role as stored now
+/// (the `User` aggregate), not only the one in the token: a revocation bump closes that gap
+/// too, but if one were lost (Redis unreachable just after the change), a demoted admin or
+/// teacher still could not grant anything.
+pub const CURRENT_ROLE: &[&str] = &[
+    "createUser",
+    "changeRole",
+    "eraseUser",
+    "assignStudent",
+    "unassignStudent",
+    "addClassMembers",
+    "removeClassMembers",
+];
+
+/// Whether `operation` is decided on the caller's current role (see [`CURRENT_ROLE`]).
+pub fn needs_current_role(operation: &str) -> bool {
+    CURRENT_ROLE.contains(&operation)
+}
+
 /// The rule of `operation`, if it has one.
 pub fn rule_of(operation: &str) -> Option<Rule> {
     RULES
@@ -361,6 +381,13 @@ mod tests {
     fn an_operation_without_a_rule_has_none() {
         assert_eq!(rule_of("dropDatabase"), None);
         assert_eq!(rule_of("me"), Some(Rule::SignedIn));
+    }
+
+    #[test]
+    fn current_role_operations_have_rules() {
+        for operation in CURRENT_ROLE {
+            assert!(rule_of(operation).is_some(), "{operation} has no rule");
+        }
     }
 
     #[test]

@@ -11,3 +11,4 @@ pub mod hub;
 pub mod media;
 pub mod metrics;
 pub mod server;
+pub mod subscriptions;

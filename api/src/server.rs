@@ -1,5 +1,5 @@
 //! The manager's HTTP surface put together: `/graphql` (POST queries and mutations, GET the
-//! GraphiQL IDE in local mode, WebSocket subscriptions on `/graphql/ws`), the SignalR hub
+//! GraphiQL IDE in local mode, WebSocket subscriptions on `/graphql/ws`, see `subscriptions`), the SignalR hub
 //! (`/hubs/notifications`), metrics,
 //! and the cross-cutting layers — request ids, JSON access logs, CORS from configuration,
 //! a body size limit, and a panic guard that answers `INTERNAL` instead of dropping the
@@ -11,6 +11,7 @@
 //! async-graphql itself (parse, validation, depth, argument types) get their code too.
 
 use crate::access::Caller;
+use crate::auth::revocation::RevocationError;
 use crate::auth::tokens::TokenError;
 use crate::error::{ApiError, Code};
 use crate::graphql::people::UserLoader;
@@ -19,8 +20,7 @@ use crate::graphql::{ApiState, RequestInfo, TeachinSchema};
 use crate::metrics::ApiMetrics;
 use async_graphql::dataloader::DataLoader;
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{Data, ServerError};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::ServerError;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -158,7 +158,19 @@ async fn graphql(
     let caller = match bearer(&headers) {
         None => Caller::Anonymous,
         Some(token) => match m.state.tokens.verify(token) {
-            Ok(who) => Caller::from_token(Some(who)),
+            Ok(who) => match m.state.sessions.revocations().check(&who).await {
+                Ok(()) => Caller::from_token(Some(who)),
+                Err(e) => {
+                    let (status, e) = match e {
+                        RevocationError::Revoked => (StatusCode::UNAUTHORIZED, ApiError::from(e)),
+                        RevocationError::Store(_) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, ApiError::from(e))
+                        }
+                    };
+                    m.metrics.observe("invalid", e.code.as_str(), 0.0);
+                    return error_response(status, e);
+                }
+            },
             Err(e) => {
                 let message = match e {
                     TokenError::Expired => "the access token has expired; refresh it",
@@ -326,53 +338,30 @@ fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -
     peer.ip().to_string()
 }
 
-/// Subscriptions over WebSocket (graphql-ws or graphql-transport-ws). The access token comes
-/// in the `connection_init` payload (`{"authorization": "Bearer …"}` or `{"token": "…"}`).
+/// Subscriptions over WebSocket (graphql-transport-ws, or the legacy protocol under its
+/// `graphql-ws` name); what the socket admits, and when it closes, is `crate::subscriptions`.
 async fn subscriptions(
     State(m): State<Manager>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let tokens = m.state.tokens.clone();
-    let read = m.state.read.clone();
+    let upgrade = upgrade.protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS);
+    let Some(protocol) = upgrade
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .and_then(|p| p.parse::<async_graphql::http::WebSocketProtocols>().ok())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "offer the graphql-transport-ws (or graphql-ws) subprotocol",
+        )
+            .into_response();
+    };
     upgrade
-        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(crate::subscriptions::MAX_FRAME_BYTES)
+        .max_frame_size(crate::subscriptions::MAX_FRAME_BYTES)
         .read_buffer_size(crate::hub::transport::SOCKET_READ_BUFFER)
         .on_upgrade(move |socket| {
-            GraphQLWebSocket::new(socket, m.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let token = payload
-                        .get("authorization")
-                        .or_else(|| payload.get("Authorization"))
-                        .and_then(|v| v.as_str())
-                        .map(|v| v.trim_start_matches("Bearer ").trim().to_owned())
-                        .or_else(|| {
-                            payload
-                                .get("token")
-                                .and_then(|v| v.as_str())
-                                .map(str::to_owned)
-                        });
-                    let caller = match token {
-                        None => Caller::Anonymous,
-                        Some(t) => match tokens.verify(&t) {
-                            Ok(who) => Caller::from_token(Some(who)),
-                            Err(_) => {
-                                return Err(ApiError::unauthenticated().into());
-                            }
-                        },
-                    };
-                    let mut data = Data::default();
-                    data.insert(RequestInfo {
-                        caller,
-                        request_id: uuid::Uuid::new_v4().to_string(),
-                        client_ip: peer.ip().to_string(),
-                        cookies: Vec::new(),
-                        csrf_header: None,
-                    });
-                    data.insert(DataLoader::new(UserLoader(read), tokio::spawn));
-                    Ok(data)
-                })
-                .serve()
+            crate::subscriptions::serve(socket, m.schema, m.state, protocol, peer)
         })
 }

@@ -1084,3 +1084,78 @@ async fn in_azure_mode_negotiate_redirects_and_the_feed_goes_out_once() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
+
+/// A bump made on another replica arrives over the backplane (`{"revoke": user, "epoch": n}`)
+/// and closes that person's connections here, and only theirs; once the epoch is stored, the
+/// old token is refused at negotiate.
+#[tokio::test]
+async fn a_revocation_from_another_replica_closes_the_persons_connections() {
+    let hub = TestHub::start(|_| {}).await;
+    let connect = |token: String| {
+        let hub = &hub;
+        async move {
+            let (socket, _) = tokio_tungstenite::connect_async(format!(
+                "ws://{}{}?access_token={token}",
+                &hub.base["http://".len()..],
+                hub::HUB_PATH
+            ))
+            .await
+            .unwrap();
+            let mut records = Records {
+                socket,
+                pending: Default::default(),
+            };
+            records
+                .send(&format!("{{\"protocol\":\"json\",\"version\":1}}{RS}"))
+                .await;
+            assert_eq!(records.next().await, json!({}));
+            records
+        }
+    };
+    let (signed_out, bystander) = (UserId::new(), UserId::new());
+    let old = tokens().issue(signed_out, Role::Teacher).token;
+    let mut revoked = connect(old.clone()).await;
+    let mut other = connect(tokens().issue(bystander, Role::Student).token).await;
+
+    // What another replica's `Revocations::bump` publishes, straight onto the channel.
+    let bump = json!({ "revoke": signed_out, "epoch": 1 }).to_string();
+    let _: i64 = hub
+        .redis
+        .publish(hub::backplane_channel(&hub.namespace), bump)
+        .await
+        .unwrap();
+    let close = tokio::time::timeout(WAIT, revoked.next_non_ping())
+        .await
+        .expect("the connection closed in time");
+    assert_eq!(
+        close,
+        json!({"type": 7, "error": "Unauthorized: the access token was revoked.", "allowReconnect": true})
+    );
+    // The bystander's connection carries on: a push still reaches it.
+    assert_eq!(
+        hub.hub
+            .deliver_local(&Target::User(bystander), "Hello", &[json!(1)]),
+        1,
+        "the bystander is still connected"
+    );
+    let push = tokio::time::timeout(WAIT, other.next_non_ping())
+        .await
+        .unwrap();
+    assert_eq!(push["target"], "Hello", "{push}");
+
+    // With the epoch stored, the old token is refused before any socket opens.
+    teachin_api::auth::revocation::Revocations::new(hub.redis.clone(), &hub.namespace)
+        .bump(signed_out)
+        .await
+        .unwrap();
+    let response = hub::router(hub.hub.clone())
+        .oneshot(
+            Request::post(format!("{}/negotiate?negotiateVersion=1", hub::HUB_PATH))
+                .header(header::AUTHORIZATION, format!("Bearer {old}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}

@@ -4,5 +4,6 @@
 
 pub mod password;
 pub mod rate_limit;
+pub mod revocation;
 pub mod sessions;
 pub mod tokens;

@@ -62,6 +62,8 @@ pub struct RefreshSessions {
     hash_key: Vec<u8>,
     prefix: String,
     ttl: Duration,
+    /// The access-token side of signing out: revocation epochs in the same Redis.
+    revocations: super::revocation::Revocations,
 }
 
 /// Atomically checks the presented token against its family and rotates it.
@@ -87,11 +89,17 @@ return {'ok', f[1], fam}
 impl RefreshSessions {
     pub fn new(redis: Client, hash_key: &[u8], namespace: &str) -> Self {
         Self {
-            redis,
+            redis: redis.clone(),
             hash_key: hash_key.to_vec(),
             prefix: format!("teachin:{namespace}:refresh:"),
             ttl: REFRESH_TTL,
+            revocations: super::revocation::Revocations::new(redis, namespace),
         }
+    }
+
+    /// The revocation epochs of this environment (access tokens and open sockets).
+    pub fn revocations(&self) -> &super::revocation::Revocations {
+        &self.revocations
     }
 
     fn digest(&self, token: &str) -> String {
@@ -195,16 +203,19 @@ impl RefreshSessions {
         }
     }
 
-    /// Ends the family the token belongs to (logout). Unknown tokens are ignored.
-    pub async fn revoke(&self, refresh_token: &str) -> Result<(), SessionError> {
+    /// Ends the family the token belongs to (logout); returns whose it was. Unknown tokens
+    /// are ignored.
+    pub async fn revoke(&self, refresh_token: &str) -> Result<Option<UserId>, SessionError> {
         let fam: Option<String> = self
             .redis
             .get(self.token_key(&self.digest(refresh_token)))
             .await?;
-        if let Some(fam) = fam {
-            let _: () = self.redis.del(self.family_key(&fam)).await?;
-        }
-        Ok(())
+        let Some(fam) = fam else {
+            return Ok(None);
+        };
+        let user: Option<String> = self.redis.hget(self.family_key(&fam), "user").await?;
+        let _: () = self.redis.del(self.family_key(&fam)).await?;
+        Ok(user.and_then(|u| u.parse().ok()))
     }
 
     /// Signs a person out everywhere (role change, erasure, password change).

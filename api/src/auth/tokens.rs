@@ -3,8 +3,9 @@
 //! They are the only thing the API trusts about a caller's identity, so verification is
 //! strict: the algorithm is pinned (a token claiming `none` or RS256 is refused before its
 //! signature is looked at), issuer and audience must match, and expiry is checked with a
-//! small leeway for clock skew. The role travels in the token; a role change therefore takes
-//! effect at the next refresh (at most the token's lifetime), when the role is read again.
+//! small leeway for clock skew. The role travels in the token; a role change, a logout or an
+//! erasure bumps the person's revocation epoch (`auth::revocation`), and a token carrying an
+//! older epoch (`ep`) is refused, so it takes effect at once rather than at the next refresh.
 
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -31,6 +32,9 @@ struct Claims {
     iat: i64,
     exp: i64,
     jti: Uuid,
+    /// The person's revocation epoch when the token was issued (absent: 0).
+    #[serde(default)]
+    ep: u64,
 }
 
 /// A verified caller: who they are and in which role.
@@ -39,6 +43,8 @@ pub struct Authenticated {
     pub user_id: UserId,
     pub role: Role,
     pub expires_at: DateTime<Utc>,
+    /// The revocation epoch the token was issued under.
+    pub epoch: u64,
 }
 
 /// A freshly issued token and when it stops working.
@@ -108,12 +114,28 @@ impl AccessTokens {
         self
     }
 
+    /// A token under revocation epoch 0 (a person whose logins were never revoked).
     pub fn issue(&self, user_id: UserId, role: Role) -> IssuedToken {
         self.issue_at(user_id, role, Utc::now())
     }
 
+    /// A token under the person's current revocation `epoch` (read before their role was).
+    pub fn issue_with_epoch(&self, user_id: UserId, role: Role, epoch: u64) -> IssuedToken {
+        self.issue_full(user_id, role, Utc::now(), epoch)
+    }
+
     /// Issues a token as if it were `now` (tests make expired tokens this way).
     pub fn issue_at(&self, user_id: UserId, role: Role, now: DateTime<Utc>) -> IssuedToken {
+        self.issue_full(user_id, role, now, 0)
+    }
+
+    fn issue_full(
+        &self,
+        user_id: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+        epoch: u64,
+    ) -> IssuedToken {
         let expires_at = now + chrono::Duration::from_std(self.ttl).expect("ttl fits");
         let claims = Claims {
             sub: user_id.0,
@@ -123,6 +145,7 @@ impl AccessTokens {
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
             jti: Uuid::new_v4(),
+            ep: epoch,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail");
@@ -142,6 +165,7 @@ impl AccessTokens {
             user_id: UserId(data.claims.sub),
             role: data.claims.role,
             expires_at,
+            epoch: data.claims.ep,
         })
     }
 }

@@ -118,18 +118,30 @@ impl AuthMutation {
             message: "the email or password is wrong".into(),
             ..ApiError::unauthenticated()
         };
+        // The revocation epoch is read before the role, so a token issued here under a role
+        // that changes meanwhile carries an epoch the change has already passed.
+        let mut epoch = 0;
         let user = match EmailAddress::parse(&email) {
             Ok(address) => match api
                 .claims
                 .holder(ClaimScope::UserEmail, address.as_str())
                 .await?
             {
-                Some(owner) => api
-                    .bus
-                    .reader()
-                    .load::<User>(&owner)
-                    .await
-                    .map_err(ApiError::internal)?,
+                Some(owner) => {
+                    if let Ok(id) = owner.parse::<UserId>() {
+                        epoch = api
+                            .sessions
+                            .revocations()
+                            .epoch(id)
+                            .await
+                            .map_err(ApiError::internal)?;
+                    }
+                    api.bus
+                        .reader()
+                        .load::<User>(&owner)
+                        .await
+                        .map_err(ApiError::internal)?
+                }
                 None => User::default(),
             },
             Err(_) => User::default(),
@@ -155,7 +167,7 @@ impl AuthMutation {
             return Err(refused());
         }
         let session = api.sessions.start(user.id()).await.map_err(session_error)?;
-        Ok(deliver(ctx, session, user.role()))
+        Ok(deliver(ctx, session, user.role(), epoch))
     }
 
     /// Exchanges the refresh cookie (with the CSRF header) for a new access token, rotating
@@ -185,7 +197,14 @@ impl AuthMutation {
             .rotate(refresh, csrf_header)
             .await
             .map_err(session_error)?;
-        // The role is read again, so a role change or an erasure takes effect here.
+        // The epoch first, then the role (see `auth::revocation`): a role change or an
+        // erasure takes effect here.
+        let epoch = api
+            .sessions
+            .revocations()
+            .epoch(session.user_id)
+            .await
+            .map_err(ApiError::internal)?;
         let user = api
             .bus
             .reader()
@@ -199,18 +218,28 @@ impl AuthMutation {
                 .map_err(session_error)?;
             return Err(ApiError::unauthenticated());
         }
-        Ok(deliver(ctx, session, user.role()))
+        Ok(deliver(ctx, session, user.role(), epoch))
     }
 
     /// Ends the login of the refresh cookie and clears the cookies. Always succeeds.
     async fn logout(&self, ctx: &Context<'_>) -> ApiResult<bool> {
-        authorize(ctx, "logout", Subject::Caller).await?;
+        let caller = authorize(ctx, "logout", Subject::Caller).await?;
+        let sessions = &state(ctx).sessions;
+        // Whose access tokens end: the refresh session's person and the caller's.
+        let mut signed_out = Vec::new();
         if let Some(token) = request(ctx).cookie(REFRESH_COOKIE) {
-            state(ctx)
-                .sessions
-                .revoke(token)
+            signed_out.extend(sessions.revoke(token).await.map_err(session_error)?);
+        }
+        signed_out.extend(caller.user_id());
+        signed_out.dedup();
+        for user in signed_out {
+            // Their access tokens stop working and their open sockets close; their other
+            // devices refresh (their refresh sessions live on) and carry on.
+            sessions
+                .revocations()
+                .bump(user)
                 .await
-                .map_err(session_error)?;
+                .map_err(ApiError::internal)?;
         }
         let policy = &state(ctx).policy;
         for name in [REFRESH_COOKIE, CSRF_COOKIE] {
@@ -256,7 +285,7 @@ fn session_error(e: SessionError) -> ApiError {
 }
 
 /// Sets the cookies of `session` on the response and issues its access token.
-fn deliver(ctx: &Context<'_>, session: SessionTokens, role: Role) -> AuthSession {
+fn deliver(ctx: &Context<'_>, session: SessionTokens, role: Role, epoch: u64) -> AuthSession {
     let api = state(ctx);
     let policy = &api.policy;
     ctx.append_http_header(
@@ -267,7 +296,7 @@ fn deliver(ctx: &Context<'_>, session: SessionTokens, role: Role) -> AuthSession
         "set-cookie",
         session_cookie(CSRF_COOKIE, session.csrf_token.clone(), false, policy).to_string(),
     );
-    let issued = api.tokens.issue(session.user_id, role);
+    let issued = api.tokens.issue_with_epoch(session.user_id, role, epoch);
     AuthSession {
         access_token: issued.token,
         expires_at: issued.expires_at,

@@ -162,13 +162,39 @@ pub(crate) fn request<'a>(ctx: &Context<'a>) -> &'a RequestInfo {
     ctx.data_unchecked::<RequestInfo>()
 }
 
-/// Checks the rule of `operation` for this request's caller.
+/// Checks the rule of `operation` for this request's caller. For privileged operations
+/// (`access::CURRENT_ROLE`) the caller's role is read from the store first, and the caller
+/// returned carries it.
 pub(crate) async fn authorize(
     ctx: &Context<'_>,
     operation: &str,
     subject: Subject,
 ) -> ApiResult<Caller> {
-    access::authorize(&state(ctx).read, request(ctx).caller, operation, subject).await
+    let mut caller = request(ctx).caller;
+    if let Caller::User { id, .. } = caller {
+        if access::needs_current_role(operation) {
+            caller = current_caller(state(ctx), id).await?;
+        }
+    }
+    access::authorize(&state(ctx).read, caller, operation, subject).await
+}
+
+/// The caller as the event store knows them now: their current role, or `UNAUTHENTICATED`
+/// for someone erased (or never registered).
+async fn current_caller(api: &ApiState, id: teachin_domain::ids::UserId) -> ApiResult<Caller> {
+    let user = api
+        .bus
+        .reader()
+        .load::<teachin_domain::user::User>(&id.to_string())
+        .await
+        .map_err(ApiError::internal)?;
+    if !user.is_registered() || user.is_erased() {
+        return Err(ApiError::unauthenticated());
+    }
+    Ok(Caller::User {
+        id,
+        role: user.role(),
+    })
 }
 
 /// The signed-in caller's id (after `authorize` let a `SignedIn` rule through).

@@ -354,7 +354,8 @@ impl PeopleMutation {
 }
 
 /// Runs a change that must end the person's logins (password, role, erasure): their refresh
-/// sessions are revoked once the event is stored, so the next refresh reads the new state.
+/// sessions are revoked and their revocation epoch bumped once the event is stored, so their
+/// access tokens stop working, their sockets close, and the next login reads the new state.
 async fn execute_then_sign_out(
     ctx: &Context<'_>,
     caller: crate::access::Caller,
@@ -364,9 +365,15 @@ async fn execute_then_sign_out(
 ) -> ApiResult<Changed> {
     let changed =
         execute::<User>(ctx, caller, user_id, command, idempotency_key.as_deref()).await?;
-    state(ctx)
-        .sessions
+    let sessions = &state(ctx).sessions;
+    sessions
         .revoke_user(UserId(user_id))
+        .await
+        .map_err(ApiError::internal)?;
+    // And the access tokens and open sockets (graphql-ws, SignalR) of every replica.
+    sessions
+        .revocations()
+        .bump(UserId(user_id))
         .await
         .map_err(ApiError::internal)?;
     Ok(changed)

@@ -10,14 +10,19 @@
 use super::notification_hub::NotificationHub;
 use super::protocol::{self, Incoming, RecordBuffer};
 use super::registry::{LocalConnection, OUTBOX_CAPACITY};
+use crate::auth::revocation::{RevocationError, Revoked, RECHECK_EVERY};
 use crate::auth::tokens::Authenticated;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use chrono::Utc;
 use std::sync::Arc;
 use teachin_domain::actor::Role;
 use teachin_projections::feed::ADMINS_GROUP;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::time::Instant;
+
+/// Why a connection whose person was signed out, changed role or was erased is closed; the
+/// client may reconnect, with a refreshed token (which a signed-out person cannot get).
+const REVOKED: &str = "Unauthorized: the access token was revoked.";
 
 /// Frames waiting in the outbox are joined into one WebSocket frame up to about this size.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -55,6 +60,7 @@ pub(crate) async fn serve(
     hub: NotificationHub,
     who: Authenticated,
     id: String,
+    mut revoked: broadcast::Receiver<Revoked>,
 ) {
     let mut buffer = RecordBuffer::default();
     let early = match handshake(&mut socket, &mut buffer, &hub).await {
@@ -99,6 +105,7 @@ pub(crate) async fn serve(
                     &mut buffer,
                     &mut outbox_rx,
                     &overflow,
+                    &mut revoked,
                 )
                 .await
             }
@@ -180,6 +187,7 @@ async fn handshake(
 }
 
 /// The life of an established connection; returns why it ended.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     socket: &mut WebSocket,
     hub: &NotificationHub,
@@ -188,6 +196,7 @@ async fn run(
     buffer: &mut RecordBuffer,
     outbox: &mut mpsc::Receiver<Arc<str>>,
     overflow: &Notify,
+    revoked: &mut broadcast::Receiver<Revoked>,
 ) -> Ending {
     let config = hub.config().clone();
     let mut last_received = Instant::now();
@@ -198,6 +207,10 @@ async fn run(
     let expiry = tokio::time::sleep(token_left);
     tokio::pin!(expiry);
     let mut shutdown = hub.shutdown_signal();
+    // A bump published on the backplane closes the connection at once; reading the epoch
+    // again now and then covers a bump whose message was lost (pub/sub is at-most-once).
+    let mut recheck = tokio::time::interval_at(Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -247,6 +260,22 @@ async fn run(
             }
             _ = &mut expiry => {
                 return Ending::retry("Unauthorized: the access token has expired.");
+            }
+            bump = revoked.recv() => match bump {
+                Ok(bump) if bump.user == who.user_id && bump.epoch > who.epoch => {
+                    return Ending::retry(REVOKED);
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Closed) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if matches!(hub.revocations().check(who).await, Err(RevocationError::Revoked)) {
+                        return Ending::retry(REVOKED);
+                    }
+                }
+            },
+            _ = recheck.tick() => {
+                if matches!(hub.revocations().check(who).await, Err(RevocationError::Revoked)) {
+                    return Ending::retry(REVOKED);
+                }
             }
             _ = overflow.notified() => {
                 return Ending::retry("The connection fell behind the messages sent to it.");

@@ -9,10 +9,12 @@
 //!   dropped by `(id, part)`): notifications from the event log, also handed to this
 //!   replica's GraphQL subscriptions when they are attached (`feed_subscriptions`);
 //! - the hub backplane, `teachin:{ns}:hub`: pushes another replica made with
-//!   `send_to_user` / `send_to_group` (presence changes among them). Not needed with Azure
-//!   SignalR, where those go to Azure directly.
+//!   `send_to_user` / `send_to_group` (presence changes among them; with Azure SignalR those
+//!   go to Azure directly), and revocation bumps (`auth::revocation`), handed to this
+//!   replica's hub connections and graphql-ws sockets.
 
 use super::notification_hub::{backplane_channel, Envelope, HubError, NotificationHub};
+use crate::auth::revocation::Revoked;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
     Builder, ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy,
@@ -66,10 +68,9 @@ async fn serve(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), HubError> {
     let mut feed = FeedSubscriber::connect(redis_url, hub.namespace()).await?;
-    let mut backplane = match hub.azure() {
-        Some(_) => None,
-        None => Some(Backplane::subscribe(redis_url, hub.namespace()).await?),
-    };
+    // With Azure SignalR no push crosses the backplane, but revocation bumps still do (for
+    // this replica's graphql-ws sockets), so it is always read.
+    let mut backplane = Some(Backplane::subscribe(redis_url, hub.namespace()).await?);
     hub.set_subscribed(true);
     tracing::info!(
         namespace = hub.namespace(),
@@ -91,9 +92,12 @@ async fn serve(
                     tracing::warn!(%error, id = %notification.id, "hub: notification not delivered");
                 }
             }
-            envelope = next_envelope(&mut backplane) => {
-                hub.deliver_envelope(&envelope);
-            }
+            message = next_envelope(&mut backplane) => match message {
+                BackplaneMessage::Push(envelope) => {
+                    hub.deliver_envelope(&envelope);
+                }
+                BackplaneMessage::Revoked(revoked) => hub.revocations().announce(revoked),
+            },
             _ = presence.tick(), if hub.azure().is_none() => {
                 hub.maintain_presence().await;
             }
@@ -106,7 +110,15 @@ async fn serve(
     outcome
 }
 
-async fn next_envelope(backplane: &mut Option<Backplane>) -> Envelope {
+/// What crosses the backplane: a push, or a revocation bump (`auth::revocation`).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum BackplaneMessage {
+    Push(Envelope),
+    Revoked(Revoked),
+}
+
+async fn next_envelope(backplane: &mut Option<Backplane>) -> BackplaneMessage {
     match backplane {
         Some(backplane) => backplane.next().await,
         None => std::future::pending().await,
@@ -141,8 +153,8 @@ impl Backplane {
         })
     }
 
-    /// The next well-formed envelope; waits forever once the connection is gone for good.
-    async fn next(&mut self) -> Envelope {
+    /// The next well-formed message; waits forever once the connection is gone for good.
+    async fn next(&mut self) -> BackplaneMessage {
         loop {
             let message = match self.messages.recv().await {
                 Ok(message) => message,

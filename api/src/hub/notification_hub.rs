@@ -15,6 +15,7 @@ use super::azure::{AzureError, AzureSignalR};
 use super::presence::{Meta, OnlineUser, Presence, PresenceChange};
 use super::protocol;
 use super::registry::{Audience, LocalConnection, Registry};
+use crate::auth::revocation::Revocations;
 use crate::auth::tokens::AccessTokens;
 use fred::prelude::{Client, Expiration, KeysInterface, PubsubInterface, SetOptions};
 use futures::future::BoxFuture;
@@ -151,6 +152,8 @@ struct Inner {
     subscribed: AtomicBool,
     /// Woken whenever a connection leaves the registry (shutdown waits on it).
     left: Notify,
+    /// Revocation epochs: checked at negotiate and connect, watched by open connections.
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for NotificationHub {
@@ -173,6 +176,7 @@ impl NotificationHub {
         azure: Option<AzureSignalR>,
     ) -> Self {
         let presence = Presence::new(redis.clone(), &config.namespace, config.presence_lease());
+        let (redis_for_revocations, namespace) = (redis.clone(), config.namespace.clone());
         NotificationHub {
             inner: Arc::new(Inner {
                 tokens,
@@ -186,6 +190,7 @@ impl NotificationHub {
                 shutdown: watch::channel(false).0,
                 subscribed: AtomicBool::new(false),
                 left: Notify::new(),
+                revocations: Revocations::new(redis_for_revocations, &namespace),
             }),
         }
     }
@@ -240,6 +245,10 @@ impl NotificationHub {
 
     pub(crate) fn tokens(&self) -> &AccessTokens {
         &self.inner.tokens
+    }
+
+    pub(crate) fn revocations(&self) -> &Revocations {
+        &self.inner.revocations
     }
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {

@@ -15,6 +15,7 @@
 use super::connection;
 use super::notification_hub::{NotificationHub, PendingConnection};
 use super::protocol::MAX_RECORD_BYTES;
+use crate::auth::revocation::RevocationError;
 use crate::auth::sessions::random_token;
 use crate::auth::tokens::{Authenticated, TokenError};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -48,6 +49,9 @@ pub(crate) async fn negotiate(
         Ok(who) => who,
         Err(refusal) => return unauthorized(refusal.as_ref()),
     };
+    if let Err(refusal) = unrevoked(&hub, &who).await {
+        return refusal;
+    }
     if hub.is_shutting_down() {
         return unavailable("the server is shutting down");
     }
@@ -109,6 +113,11 @@ pub(crate) async fn connect(
         Ok(who) => who,
         Err(refusal) => return unauthorized(refusal.as_ref()),
     };
+    // Watching before the check, so a bump in between still closes the socket.
+    let revoked = hub.revocations().watch();
+    if let Err(refusal) = unrevoked(&hub, &who).await {
+        return refusal;
+    }
     if hub.azure().is_some() {
         return (
             StatusCode::NOT_FOUND,
@@ -145,7 +154,7 @@ pub(crate) async fn connect(
     upgrade
         .max_message_size(MAX_RECORD_BYTES * 2)
         .read_buffer_size(SOCKET_READ_BUFFER)
-        .on_upgrade(move |socket| connection::serve(socket, hub, who, connection_id))
+        .on_upgrade(move |socket| connection::serve(socket, hub, who, connection_id, revoked))
 }
 
 /// A socket's read buffer. tungstenite allocates 128 KiB per socket by default, which made
@@ -175,6 +184,28 @@ fn authenticate(
         tracing::debug!(%error, "hub: token refused");
         Some(error)
     })
+}
+
+/// Refuses a token issued before its person's current revocation epoch (logout, role
+/// change, erasure), like an invalid one.
+async fn unrevoked(hub: &NotificationHub, who: &Authenticated) -> Result<(), Response> {
+    match hub.revocations().check(who).await {
+        Ok(()) => Ok(()),
+        Err(RevocationError::Revoked) => Err((
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    "Bearer error=\"invalid_token\", error_description=\"The token was revoked\"",
+                ),
+            )],
+        )
+            .into_response()),
+        Err(RevocationError::Store(error)) => {
+            tracing::warn!(%error, "hub: revocation epoch unreadable");
+            Err(unavailable("the hub cannot accept connections right now"))
+        }
+    }
 }
 
 fn unauthorized(error: Option<&TokenError>) -> Response {

@@ -12,6 +12,7 @@
 //! start, so a stall shows up in p99 instead of slowing the load down.
 
 use super::client::{Manager, Outcome};
+use super::cpu::{CpuClock, CpuPerThousand};
 use super::population::Member;
 use super::Latencies;
 use serde::Serialize;
@@ -47,6 +48,9 @@ pub struct ClosedLoopPoint {
     pub errors: BTreeMap<String, usize>,
     /// The counter's increase over the point; `None` when the manager does not export it.
     pub conflict_retries: Option<f64>,
+    /// CPU the manager and PostgreSQL spent per 1,000 ok mutations over the point; `None`
+    /// when nothing succeeded or the server's processes cannot be read (a remote server).
+    pub cpu_per_1000: Option<CpuPerThousand>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +64,7 @@ pub struct OpenLoopPoint {
     pub latency_ms: Latencies,
     pub errors: BTreeMap<String, usize>,
     pub conflict_retries: Option<f64>,
+    pub cpu_per_1000: Option<CpuPerThousand>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,14 +84,31 @@ pub fn method(concurrencies: &[usize], seconds: u64) -> String {
          decks are empty. Throughput = ok mutations / s; latency \
          = request sent → response read; errors by GraphQL `extensions.code`; conflict retries = \
          increase of `{CONFLICT_RETRIES}` on the manager's /metrics over the point (n/a when not \
-         exported). Then open loop at half the peak distinct throughput for {seconds} s over fresh \
-         distinct students, latency from each request's scheduled start.",
+         exported); CPU = user + system seconds of the manager process and of every PostgreSQL \
+         process (with the exited backends' time the postmaster collected), from /proc/<pid>/stat \
+         before and after the point, per 1,000 ok mutations. Then open loop at half the peak \
+         distinct throughput for {seconds} s over fresh distinct students, latency from each \
+         request's scheduled start.",
         super::deployment::MANAGER_DB_CONNECTIONS
     )
 }
 
+/// CPU clocks now; `None` when they cannot be read (the figure is then left out).
+fn cpu_now(manager_pid: u32) -> Option<CpuClock> {
+    CpuClock::read(manager_pid).ok()
+}
+
+fn cpu_between(
+    before: Option<CpuClock>,
+    commands: usize,
+    manager_pid: u32,
+) -> Option<CpuPerThousand> {
+    CpuPerThousand::between(before?, cpu_now(manager_pid)?, commands)
+}
+
 pub async fn run(
     manager: &Manager,
+    manager_pid: u32,
     students: &[Member],
     concurrencies: &[usize],
     seconds: u64,
@@ -117,8 +139,10 @@ pub async fn run(
                 }
             };
             let before = manager.counter(CONFLICT_RETRIES).await?;
+            let cpu_before = cpu_now(manager_pid);
             let (elapsed, latencies, errors) =
                 closed_loop(manager, tokens, duration, &sequence).await?;
+            let cpu_per_1000 = cpu_between(cpu_before, latencies.len(), manager_pid);
             let after = manager.counter(CONFLICT_RETRIES).await?;
             let point = ClosedLoopPoint {
                 streams,
@@ -129,13 +153,15 @@ pub async fn run(
                 latency_ms: Latencies::of(latencies),
                 errors,
                 conflict_retries: increase(before, after),
+                cpu_per_1000,
             };
             println!(
-                "  command path: {:?} streams, concurrency {}: {:.0} ok/s, p99 {:.1} ms, errors {:?}",
+                "  command path: {:?} streams, concurrency {}: {:.0} ok/s, p99 {:.1} ms, CPU per 1,000: {}, errors {:?}",
                 point.streams,
                 point.concurrency,
                 point.throughput,
                 point.latency_ms.p99,
+                cpu_text(point.cpu_per_1000),
                 point.errors
             );
             points.push(point);
@@ -152,6 +178,7 @@ pub async fn run(
         .collect();
     let half_peak = open_loop(
         manager,
+        manager_pid,
         &open_loop_students,
         peak_distinct_throughput / 2.0,
         duration,
@@ -175,6 +202,17 @@ pub fn students_needed(concurrencies: &[usize]) -> usize {
     let shared = concurrencies.len();
     let open_loop = concurrencies.iter().copied().max().unwrap_or(1);
     distinct + shared + open_loop
+}
+
+/// `manager 812 ms, PostgreSQL 1,204 ms`, or `n/a`.
+pub fn cpu_text(cpu: Option<CpuPerThousand>) -> String {
+    match cpu {
+        Some(c) => format!(
+            "manager {:.0} ms, PostgreSQL {:.0} ms",
+            c.manager_ms, c.postgres_ms
+        ),
+        None => "n/a".into(),
+    }
 }
 
 fn increase(before: Option<f64>, after: Option<f64>) -> Option<f64> {
@@ -231,6 +269,7 @@ async fn closed_loop(
 /// Requests start every 1/rate s, round-robin over the students, each on its own task.
 async fn open_loop(
     manager: &Manager,
+    manager_pid: u32,
     students: &[Member],
     rate: f64,
     duration: Duration,
@@ -241,6 +280,7 @@ async fn open_loop(
         "no distinct throughput to take half of (every closed-loop point failed)"
     );
     let before = manager.counter(CONFLICT_RETRIES).await?;
+    let cpu_before = cpu_now(manager_pid);
     let scheduled = (rate * duration.as_secs_f64()).round().max(1.0) as usize;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -264,6 +304,7 @@ async fn open_loop(
         }
     }
     let elapsed = started.elapsed();
+    let cpu_per_1000 = cpu_between(cpu_before, latencies.len(), manager_pid);
     let after = manager.counter(CONFLICT_RETRIES).await?;
     Ok(OpenLoopPoint {
         target_rate: rate,
@@ -274,5 +315,6 @@ async fn open_loop(
         latency_ms: Latencies::of(latencies),
         errors,
         conflict_retries: increase(before, after),
+        cpu_per_1000,
     })
 }

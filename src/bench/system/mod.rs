@@ -21,6 +21,7 @@
 mod baseline;
 mod client;
 mod command_path;
+mod cpu;
 mod deployment;
 mod memory;
 mod population;
@@ -271,6 +272,7 @@ async fn under_load(
         command_path.record(
             command_path::run(
                 &manager,
+                deployment.manager().pid(),
                 &population.students,
                 &plan.concurrencies,
                 plan.seconds,

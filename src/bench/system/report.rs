@@ -314,12 +314,12 @@ pub fn markdown(r: &Results) -> String {
         |md, c| {
             let _ = writeln!(
             md,
-            "| streams | concurrency | ok | ok/s | p50 ms | p95 ms | p99 ms | max ms | errors | conflict retries |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| streams | concurrency | ok | ok/s | p50 ms | p95 ms | p99 ms | max ms | errors | conflict retries | CPU per 1,000 |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
             for p in &c.points {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                     match p.streams {
                         Streams::Distinct => "distinct",
                         Streams::Shared => "shared",
@@ -332,19 +332,20 @@ pub fn markdown(r: &Results) -> String {
                     ms(p.latency_ms.p99),
                     ms(p.latency_ms.max),
                     errors(&p.errors),
-                    retries(p.conflict_retries)
+                    retries(p.conflict_retries),
+                    super::command_path::cpu_text(p.cpu_per_1000)
                 );
             }
             let h = &c.half_peak;
             let _ = writeln!(
             md,
             "\nOpen loop at half the peak distinct throughput ({:.0}/s → {:.0}/s):\n\n\
-             | scheduled | ok | achieved/s | p50 ms | p95 ms | p99 ms | max ms | errors | conflict retries |\n|---|---|---|---|---|---|---|---|---|",
+             | scheduled | ok | achieved/s | p50 ms | p95 ms | p99 ms | max ms | errors | conflict retries | CPU per 1,000 |\n|---|---|---|---|---|---|---|---|---|---|",
             c.peak_distinct_throughput, h.target_rate
         );
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                 h.scheduled,
                 h.ok,
                 h.achieved_rate,
@@ -353,7 +354,8 @@ pub fn markdown(r: &Results) -> String {
                 ms(h.latency_ms.p99),
                 ms(h.latency_ms.max),
                 errors(&h.errors),
-                retries(h.conflict_retries)
+                retries(h.conflict_retries),
+                super::command_path::cpu_text(h.cpu_per_1000)
             );
         },
     );
