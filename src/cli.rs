@@ -87,6 +87,20 @@ pub enum ProjectionsCommand {
     },
     /// Let a halted projection try its failed event again (after a fix is deployed).
     Resume { name: String },
+    /// Fold the log again into scratch tables and compare them with the live read models at
+    /// the live checkpoint: one line per projection; exit 0 when all are equal, 1 when one
+    /// differs or is halted. Safe on a running accessor (it waits for nothing the daemon holds).
+    Verify {
+        /// The projection's name (see `status`), or `all`.
+        #[arg(default_value = "all")]
+        name: String,
+        /// Print one JSON object per projection instead (with the differing rows).
+        #[arg(long)]
+        json: bool,
+        /// How many differing rows to show per table.
+        #[arg(long, default_value_t = 5)]
+        rows: usize,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,5 @@
-//! `teachin projections status | rebuild | resume`: the operator's handles on the read side.
+//! `teachin projections status | rebuild | resume | verify`: the operator's handles on the read
+//! side.
 
 use crate::cli::ProjectionsCommand;
 use anyhow::{bail, Context};
@@ -6,7 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use std::sync::Arc;
 use teachin_projections::checkpoint::{self, Checkpoint};
-use teachin_projections::{read_models, rebuild, Projection};
+use teachin_projections::{read_models, rebuild, Projection, VerifyOptions};
 
 /// Counting the events a projection still has to apply stops here.
 const LAG_COUNT_LIMIT: i64 = teachin_projections::checkpoint::LAG_COUNT_LIMIT;
@@ -44,6 +45,14 @@ pub async fn run(pool: PgPool, command: ProjectionsCommand) -> anyhow::Result<()
                 report.position
             );
             Ok(())
+        }
+        ProjectionsCommand::Verify { name, json, rows } => {
+            let chosen: Vec<Arc<dyn Projection>> = if name == "all" {
+                catalogue
+            } else {
+                vec![find(&catalogue, &name)?]
+            };
+            verify(&pool, &chosen, json, rows).await
         }
         ProjectionsCommand::Resume { name } => {
             let projection = find(&catalogue, &name)?;
@@ -123,6 +132,48 @@ async fn status(
             c.position.to_string(),
             c.events_applied,
             line.lag_events
+        );
+    }
+    Ok(())
+}
+
+/// `projections verify`: one line per projection (the differing rows indented under it), and
+/// an error — exit code 1 — when any projection differs or is halted.
+async fn verify(
+    pool: &PgPool,
+    chosen: &[Arc<dyn Projection>],
+    json: bool,
+    rows: usize,
+) -> anyhow::Result<()> {
+    let refs: Vec<&dyn Projection> = chosen.iter().map(|p| &**p).collect();
+    let options = VerifyOptions {
+        batch_size: REBUILD_BATCH,
+        differing_rows: rows,
+    };
+    let verdicts = teachin_projections::verify(pool, &refs, &options)
+        .await
+        .context("verifying the projections")?;
+    for verdict in &verdicts {
+        if json {
+            println!("{}", serde_json::to_string(verdict)?);
+        } else {
+            println!("{verdict}");
+            for line in verdict.detail_lines() {
+                println!("    {line}");
+            }
+        }
+    }
+    let failed: Vec<&str> = verdicts
+        .iter()
+        .filter(|v| !v.is_equal())
+        .map(|v| v.projection.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} projections are not equal to the fold of the log: {}",
+            failed.len(),
+            verdicts.len(),
+            failed.join(", ")
         );
     }
     Ok(())

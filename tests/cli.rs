@@ -387,6 +387,132 @@ async fn projections_status_and_rebuild_from_the_command_line() {
     let output = run(unknown);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("known: "));
+
+    // The rebuilt read models are the fold of the log.
+    verify_all_equal(&db);
+}
+
+/// Runs `teachin projections verify ARGS` and returns its exit code and stdout lines.
+fn verify_command(db: &TestDatabase, args: &[&str]) -> (Option<i32>, Vec<String>, String) {
+    let mut command = teachin(db);
+    command.args(["projections", "verify"]).args(args);
+    let output = run(command);
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (
+        output.status.code(),
+        lines,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `teachin projections verify all` exits 0, with one `equal` line per read model: how the
+/// end-to-end tests end.
+fn verify_all_equal(db: &TestDatabase) {
+    let (code, lines, stderr) = verify_command(db, &["all"]);
+    assert_eq!(code, Some(0), "verify all: {lines:#?}\n{stderr}");
+    assert_eq!(
+        lines.len(),
+        teachin_projections::read_models::all().len(),
+        "{lines:#?}"
+    );
+    for (line, projection) in lines.iter().zip(teachin_projections::read_models::all()) {
+        assert!(
+            line.starts_with(&format!("{}: equal at ", projection.name())),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn projections_verify_exits_0_when_equal_and_1_when_a_live_row_differs() {
+    let db = TestDatabase::new().await;
+    let admin = create_admin(&db, "verify@example.com");
+    // Bring the live read models to the log (the settled horizon is cluster-wide: repeat,
+    // boundedly, until the rebuild saw the admin).
+    let started = Instant::now();
+    loop {
+        let mut rebuild = teachin(&db);
+        rebuild.args(["projections", "rebuild", "all"]);
+        let output = run(rebuild);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM read_model.users")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if seen == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the rebuild never saw the admin"
+        );
+    }
+    verify_all_equal(&db);
+
+    sqlx::query("UPDATE read_model.users SET last_name = 'Tampered' WHERE user_id = $1::uuid")
+        .bind(&admin)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, lines, stderr) = verify_command(&db, &["all"]);
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let users = lines
+        .iter()
+        .position(|l| l.starts_with("users: DIFFERS at "))
+        .unwrap_or_else(|| panic!("no users line: {lines:#?}"));
+    assert!(
+        lines[users].contains("users has 1 rows (expected 1)"),
+        "{}",
+        lines[users]
+    );
+    assert!(
+        lines[users + 1].starts_with("    users (user_id=")
+            && lines[users + 1].contains("last_name: live \"Tampered\", expected \"Barak\""),
+        "the differing row under its projection: {lines:#?}"
+    );
+    let summaries: Vec<&String> = lines.iter().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(
+        summaries.len(),
+        teachin_projections::read_models::all().len()
+    );
+    assert_eq!(
+        summaries
+            .iter()
+            .filter(|l| l.contains(": equal at "))
+            .count(),
+        summaries.len() - 1,
+        "the others are equal: {lines:#?}"
+    );
+    assert!(stderr.contains("users"), "{stderr}");
+
+    // One projection by name; JSON for scripts.
+    let (code, lines, _) = verify_command(&db, &["game_configs"]);
+    assert_eq!((code, lines.len()), (Some(0), 1), "{lines:#?}");
+    let (code, lines, _) = verify_command(&db, &["users", "--json"]);
+    assert_eq!(code, Some(1));
+    let verdict: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(verdict["outcome"]["kind"], "differs");
+    assert_eq!(
+        verdict["tables"][0]["differing"][0]["live"]["last_name"],
+        "Tampered"
+    );
+    let (code, _, stderr) = verify_command(&db, &["nonsense"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("known: "), "{stderr}");
+
+    let scratch: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'verify%'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(scratch, 0, "the scratch schemas are dropped");
 }
 
 #[tokio::test]

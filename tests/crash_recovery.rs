@@ -3,7 +3,7 @@
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use support::{free_port, teachin};
+use support::{free_port, teachin, verify_all};
 use teachin_commands::testing::TestDatabase;
 use teachin_commands::workload::StudentActivity;
 use teachin_commands::{command_bus, BusSettings, PortSecrets};
@@ -117,6 +117,8 @@ async fn kill_9_at_any_moment_then_restart_equals_a_fresh_rebuild() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The operator's proof, on the running accessor: every read model is the fold of the log.
+    verify_all(&db);
     accessor.kill().unwrap();
     accessor.wait().unwrap();
     let recovered = dump_read_model(&db).await;
@@ -141,4 +143,5 @@ async fn kill_9_at_any_moment_then_restart_equals_a_fresh_rebuild() {
         );
     }
     assert_eq!(recovered.len(), rebuilt.len());
+    verify_all(&db);
 }

@@ -14,9 +14,13 @@ pub mod read_models;
 pub mod rebuild;
 pub mod replay;
 pub mod runner;
+pub mod verify;
 
 pub use log::{EventLog, LogPosition, LoggedEvent};
 pub use projection::{ApplyContext, ApplyError, KeyRing, Projection};
+pub use verify::{
+    verify, Outcome, ProjectionVerdict, RowDifference, TableComparison, VerifyError, VerifyOptions,
+};
 
 /// The domain's upcasters, built once: every read of the log brings events to their
 /// current version with them.

@@ -85,8 +85,9 @@ pub async fn rebuild(
 }
 
 /// The live tables' definitions a shadow copies: primary and unique keys (needed by the
-/// upserts while loading) and the other indexes (built after the load).
-struct LiveDefinitions {
+/// upserts while loading) and the other indexes (built after the load). `verify` copies the
+/// same keys into its scratch tables.
+pub(crate) struct LiveDefinitions {
     /// (table, constraint name, definition)
     keys: Vec<(String, String, String)>,
     /// (table, `CREATE INDEX` statement on the live table)
@@ -168,6 +169,7 @@ pub async fn rebuild_all(
         &mut *pool.acquire().await?,
         &all_projections,
         &all_targets,
+        metadata,
         position,
         events_read,
     )
@@ -275,15 +277,16 @@ async fn fold(
 /// commits synchronously, which flushes the write-ahead log up to it — every shadow row and
 /// index included — before the live tables are replaced. Nothing is UNLOGGED: a crash loses
 /// at most the last shadow transactions, whole, never part of one.
-const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit TO off;";
+pub(crate) const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit TO off;";
 
 async fn not_durable_yet(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(ASYNC_COMMIT).execute(tx).await?;
     Ok(())
 }
 
-/// Applies `events` to every shadow of `projections`, inside `tx`.
-async fn apply(
+/// Applies `events` to every shadow of `projections`, inside `tx` (also `verify`'s scratch
+/// fold: a target's checkpoint is not touched here).
+pub(crate) async fn apply(
     tx: &mut PgConnection,
     projections: &[&dyn Projection],
     targets: &[Target],
@@ -317,16 +320,11 @@ async fn fold_next(
     tx: &mut PgConnection,
     projections: &[&dyn Projection],
     targets: &[Target],
+    metadata: Metadata,
     from: LogPosition,
     batch_size: i64,
 ) -> Result<Option<(LogPosition, usize)>, RebuildError> {
-    let events = read_settled(
-        &mut *tx,
-        from,
-        batch_size,
-        metadata_for(projections.iter().copied()),
-    )
-    .await?;
+    let events = read_settled(&mut *tx, from, batch_size, metadata).await?;
     let Some(last) = events.last().map(|e| e.position) else {
         return Ok(None);
     };
@@ -335,7 +333,7 @@ async fn fold_next(
 }
 
 /// The live tables' keys and secondary indexes, for every table of `projections`.
-async fn live_definitions(
+pub(crate) async fn live_definitions(
     conn: &mut PgConnection,
     projections: &[&dyn Projection],
 ) -> Result<LiveDefinitions, sqlx::Error> {
@@ -376,17 +374,7 @@ async fn create_shadow_tables(
 ) -> Result<(), sqlx::Error> {
     let mut script = format!("{ASYNC_COMMIT}\n");
     for (projection, target) in share.projections.iter().zip(&share.targets) {
-        let shadow = &target.schema;
-        script += &format!("DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow};\n");
-        for table in projection.tables() {
-            // The keys go into the CREATE itself: adding them afterwards costs a statement
-            // (and an index build) each.
-            let mut elements = format!("LIKE read_model.{table} INCLUDING ALL EXCLUDING INDEXES");
-            for (_, name, definition) in definitions.keys.iter().filter(|(t, _, _)| t == table) {
-                elements += &format!(", CONSTRAINT {name} {definition}");
-            }
-            script += &format!("CREATE TABLE {shadow}.{table} ({elements});\n");
-        }
+        script += &schema_script(*projection, &target.schema, definitions);
         // Checkpoint names are ours (`<projection>@rebuild`), never user input.
         script += &format!(
             "DELETE FROM public.projection_checkpoints WHERE name = '{0}';
@@ -397,6 +385,26 @@ async fn create_shadow_tables(
     let mut tx = conn.begin().await?;
     sqlx::raw_sql(&script).execute(&mut *tx).await?;
     tx.commit().await
+}
+
+/// `schema` made afresh with `projection`'s tables in it: the live columns, defaults and checks,
+/// and the live primary and unique keys under the live names (the upserts need them).
+pub(crate) fn schema_script(
+    projection: &dyn Projection,
+    schema: &str,
+    definitions: &LiveDefinitions,
+) -> String {
+    let mut script = format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};\n");
+    for table in projection.tables() {
+        // The keys go into the CREATE itself: adding them afterwards costs a statement
+        // (and an index build) each.
+        let mut elements = format!("LIKE read_model.{table} INCLUDING ALL EXCLUDING INDEXES");
+        for (_, name, definition) in definitions.keys.iter().filter(|(t, _, _)| t == table) {
+            elements += &format!(", CONSTRAINT {name} {definition}");
+        }
+        script += &format!("CREATE TABLE {schema}.{table} ({elements});\n");
+    }
+    script
 }
 
 /// The live tables' other indexes, recreated on a share's shadows under the same names.
@@ -436,6 +444,7 @@ async fn swap(
     conn: &mut PgConnection,
     projections: &[&dyn Projection],
     targets: &[Target],
+    metadata: Metadata,
     mut position: LogPosition,
     mut applied: usize,
 ) -> Result<(usize, LogPosition), RebuildError> {
@@ -456,7 +465,8 @@ async fn swap(
         .bind(&live)
         .fetch_all(&mut *tx)
         .await?;
-    while let Some((last, count)) = fold_next(&mut tx, projections, targets, position, 5000).await?
+    while let Some((last, count)) =
+        fold_next(&mut tx, projections, targets, metadata, position, 5000).await?
     {
         position = last;
         applied += count;
