@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::cluster::ScratchCluster;
-use support::{free_port, teachin, teachin_at, verify_all, verify_all_at};
+use support::{free_port, read_models_caught_up, teachin, teachin_at, verify_all, verify_all_at};
 use teachin_commands::testing::TestDatabase;
 use teachin_commands::workload::StudentActivity;
 use teachin_commands::{command_bus, BusSettings, CommandBus, PortSecrets};
@@ -60,28 +60,6 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Every read model, the realtime feed and the outbox relay have consumed every committed
-/// event, and none is halted.
-async fn everything_caught_up(pool: &PgPool) -> bool {
-    let mut names: Vec<String> = teachin_projections::read_models::all()
-        .iter()
-        .map(|p| p.name().to_string())
-        .collect();
-    names.sort();
-    let (known, behind): (i64, i64) = sqlx::query_as(
-        "SELECT count(*),
-                count(*) FILTER (WHERE c.status <> 'running' OR EXISTS (
-                    SELECT 1 FROM events e
-                     WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position)))
-           FROM projection_checkpoints c WHERE c.name = ANY($1)",
-    )
-    .bind(&names)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    known as usize == names.len() && behind == 0
 }
 
 async fn current_transaction_id(pool: &PgPool) -> u64 {
@@ -210,7 +188,7 @@ async fn writers_racing_across_a_digit_step_while_the_accessor_follows_end_verif
     );
 
     poll_until("the accessor catches up", || async {
-        everything_caught_up(&pool).await
+        read_models_caught_up(&pool).await
     })
     .await;
     verify_all_at(&url);
@@ -242,7 +220,7 @@ async fn a_rebuild_killed_while_it_waits_to_swap_leaves_the_live_read_models_and
     }
     let accessor = start_accessor(&db);
     poll_until("the accessor catches up", || async {
-        everything_caught_up(&db.pool).await
+        read_models_caught_up(&db.pool).await
     })
     .await;
 
@@ -289,7 +267,7 @@ async fn a_rebuild_killed_while_it_waits_to_swap_leaves_the_live_read_models_and
         student.step(&bus).await.expect("a workload command");
     }
     poll_until("the accessor catches up", || async {
-        everything_caught_up(&db.pool).await
+        read_models_caught_up(&db.pool).await
     })
     .await;
     verify_all(&db);
@@ -305,7 +283,7 @@ async fn a_rebuild_killed_while_it_waits_to_swap_leaves_the_live_read_models_and
         String::from_utf8_lossy(&output.stderr)
     );
     poll_until("the accessor catches up", || async {
-        everything_caught_up(&db.pool).await
+        read_models_caught_up(&db.pool).await
     })
     .await;
     verify_all(&db);
@@ -478,7 +456,7 @@ async fn the_manager_killed_mid_command_loses_and_repeats_no_acknowledged_comman
     .unwrap();
     assert_eq!(receipts, total_cards as i64);
     poll_until("the accessor catches up", || async {
-        everything_caught_up(&db.pool).await
+        read_models_caught_up(&db.pool).await
     })
     .await;
     verify_all(&db);
@@ -591,7 +569,7 @@ async fn postgres_crashed_and_restarted_mid_load_loses_and_repeats_no_acknowledg
         "a card was added twice: {cards:?}"
     );
     poll_until("the accessor catches up after the crashes", || async {
-        everything_caught_up(&pool).await
+        read_models_caught_up(&pool).await
     })
     .await;
     verify_all_at(&url);
@@ -712,7 +690,7 @@ async fn the_engine_killed_mid_reply_leaves_it_to_another_which_answers_once() {
     // Asked again after the kill (then once more for the session's title).
     assert!(llm.seen().len() >= 2, "{} model requests", llm.seen().len());
     poll_until("the accessor catches up", || async {
-        everything_caught_up(&db.pool).await
+        read_models_caught_up(&db.pool).await
     })
     .await;
     verify_all(&db);

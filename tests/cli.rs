@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{free_port, teachin};
+use support::{free_port, teachin, verify_all};
 use teachin_commands::testing::TestDatabase;
 
 fn migration_count() -> usize {
@@ -389,7 +389,7 @@ async fn projections_status_and_rebuild_from_the_command_line() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("known: "));
 
     // The rebuilt read models are the fold of the log.
-    verify_all_equal(&db);
+    verify_all(&db);
 }
 
 /// Runs `teachin projections verify ARGS` and returns its exit code and stdout lines.
@@ -406,24 +406,6 @@ fn verify_command(db: &TestDatabase, args: &[&str]) -> (Option<i32>, Vec<String>
         lines,
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// `teachin projections verify all` exits 0, with one `equal` line per read model: how the
-/// end-to-end tests end.
-fn verify_all_equal(db: &TestDatabase) {
-    let (code, lines, stderr) = verify_command(db, &["all"]);
-    assert_eq!(code, Some(0), "verify all: {lines:#?}\n{stderr}");
-    assert_eq!(
-        lines.len(),
-        teachin_projections::read_models::all().len(),
-        "{lines:#?}"
-    );
-    for (line, projection) in lines.iter().zip(teachin_projections::read_models::all()) {
-        assert!(
-            line.starts_with(&format!("{}: equal at ", projection.name())),
-            "{line}"
-        );
-    }
 }
 
 #[tokio::test]
@@ -454,7 +436,7 @@ async fn projections_verify_exits_0_when_equal_and_1_when_a_live_row_differs() {
             "the rebuild never saw the admin"
         );
     }
-    verify_all_equal(&db);
+    verify_all(&db);
 
     sqlx::query("UPDATE read_model.users SET last_name = 'Tampered' WHERE user_id = $1::uuid")
         .bind(&admin)

@@ -3,7 +3,7 @@
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use support::{free_port, teachin, verify_all};
+use support::{free_port, read_models_caught_up, teachin, verify_all};
 use teachin_commands::testing::TestDatabase;
 use teachin_commands::workload::StudentActivity;
 use teachin_commands::{command_bus, BusSettings, PortSecrets};
@@ -50,26 +50,6 @@ async fn dump_read_model(db: &TestDatabase) -> Vec<(String, Vec<String>)> {
     dump
 }
 
-async fn caught_up(db: &TestDatabase) -> bool {
-    // Every read-model projection has a checkpoint, none is halted, and none has events left.
-    let names: Vec<String> = teachin_projections::read_models::all()
-        .iter()
-        .map(|p| p.name().to_string())
-        .collect();
-    let (known, behind): (i64, i64) = sqlx::query_as(
-        "SELECT count(*),
-                count(*) FILTER (WHERE c.status <> 'running' OR EXISTS (
-                    SELECT 1 FROM events e
-                     WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position)))
-           FROM projection_checkpoints c WHERE c.name = ANY($1)",
-    )
-    .bind(&names)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    known as usize == names.len() && behind == 0
-}
-
 #[tokio::test]
 async fn kill_9_at_any_moment_then_restart_equals_a_fresh_rebuild() {
     let db = TestDatabase::new().await;
@@ -110,7 +90,7 @@ async fn kill_9_at_any_moment_then_restart_equals_a_fresh_rebuild() {
     workload.await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !caught_up(&db).await {
+    while !read_models_caught_up(&db.pool).await {
         assert!(
             Instant::now() < deadline,
             "the restarted accessor never caught up"

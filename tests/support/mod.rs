@@ -143,7 +143,8 @@ pub fn verify_all(db: &TestDatabase) {
     verify_all_at(&db.url)
 }
 
-/// [`verify_all`] on the database at `url`.
+/// [`verify_all`] on the database at `url`: exit 0, and one `equal` line per read model, in
+/// the catalogue's order.
 #[allow(dead_code)]
 pub fn verify_all_at(url: &str) {
     let output = teachin_at(url)
@@ -156,9 +157,34 @@ pub fn verify_all_at(url: &str) {
         "projections verify all: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(
-        stdout.lines().filter(|l| l.contains(": equal at ")).count(),
-        teachin_projections::read_models::all().len(),
-        "{stdout}"
-    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.starts_with(' ')).collect();
+    let projections = teachin_projections::read_models::all();
+    assert_eq!(lines.len(), projections.len(), "{stdout}");
+    for (line, projection) in lines.iter().zip(projections) {
+        assert!(
+            line.starts_with(&format!("{}: equal at ", projection.name())),
+            "{stdout}"
+        );
+    }
+}
+
+/// Every read model has a checkpoint, none is halted, and none has a committed event left.
+#[allow(dead_code)]
+pub async fn read_models_caught_up(pool: &sqlx::PgPool) -> bool {
+    let names: Vec<String> = teachin_projections::read_models::all()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    let (known, behind): (i64, i64) = sqlx::query_as(
+        "SELECT count(*),
+                count(*) FILTER (WHERE c.status <> 'running' OR EXISTS (
+                    SELECT 1 FROM events e
+                     WHERE (e.transaction_id, e.global_position) > (c.transaction_id, c.global_position)))
+           FROM projection_checkpoints c WHERE c.name = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    known as usize == names.len() && behind == 0
 }
