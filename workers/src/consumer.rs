@@ -26,7 +26,8 @@
 //!   count and time; `Reject` dead-letters with the handler's reason; a handler that panics
 //!   leaves the message locked, and the lock's expiry brings it back.
 //! - **Graceful shutdown.** On the signal the loop stops taking messages and waits for the
-//!   handlers in flight (up to a grace period, after which their locks expire instead).
+//!   handlers in flight (up to a grace period, after which their locks expire instead); once
+//!   they are done, a consumer of a queue with sessions gives up the sessions it held.
 
 use crate::bus::{reasons, Abandon, Bus, BusError, QueueName, ReceivedMessage};
 use async_trait::async_trait;
@@ -286,6 +287,14 @@ impl Consumer {
                 "shutdown grace ran out; those messages come back when their locks expire"
             );
             in_flight.shutdown().await;
+        } else if self.queue.sessionful() {
+            // Nothing of ours is in hand: the sessions we held go to another replica now,
+            // not when their leases run out (a handler still running keeps them, so that
+            // its session's later messages do not overtake what it holds).
+            if let Err(error) = self.bus.release_sessions(self.queue).await {
+                tracing::warn!(consumer = %self.name, %error,
+                    "releasing the sessions failed; they pass on when their leases run out");
+            }
         }
     }
 

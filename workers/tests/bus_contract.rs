@@ -36,6 +36,9 @@ enum Backend {
 
 struct Fixture {
     bus: Arc<dyn Bus>,
+    /// A second receiver on the same queues: another process's bus (its own receiver id,
+    /// its own HTTP client or pool use), as a second replica has.
+    other: Arc<dyn Bus>,
     db: TestDatabase,
     _endpoint: Option<LocalServiceBus>,
 }
@@ -63,33 +66,46 @@ impl Backend {
     ) -> Fixture {
         let db = TestDatabase::new().await;
         match self {
-            Backend::Postgres => Fixture {
-                bus: Arc::new(
-                    PostgresBus::new(
-                        db.pool.clone(),
-                        PostgresBusConfig {
-                            lock_duration: lock,
-                            max_delivery_count,
-                            ..PostgresBusConfig::default()
-                        },
+            Backend::Postgres => {
+                let bus = || -> Arc<dyn Bus> {
+                    Arc::new(
+                        PostgresBus::new(
+                            db.pool.clone(),
+                            PostgresBusConfig {
+                                lock_duration: lock,
+                                max_delivery_count,
+                                ..PostgresBusConfig::default()
+                            },
+                        )
+                        .with_retry(retry),
                     )
-                    .with_retry(retry),
-                ),
-                db,
-                _endpoint: None,
-            },
+                };
+                Fixture {
+                    bus: bus(),
+                    other: bus(),
+                    db,
+                    _endpoint: None,
+                }
+            }
             Backend::ServiceBus => {
                 let endpoint = LocalServiceBus::start(LocalServiceBusSettings {
                     lock_duration: lock,
                     max_delivery_count,
+                    ..LocalServiceBusSettings::default()
                 })
                 .await;
                 let mut config = endpoint.config();
                 config.retry = retry;
-                let bus = ServiceBus::new(config, endpoint.http_client(), db.pool.clone())
-                    .expect("the adapter starts");
+                let bus = || -> Arc<dyn Bus> {
+                    Arc::new(
+                        ServiceBus::new(config.clone(), endpoint.http_client(), db.pool.clone())
+                            .expect("the adapter starts"),
+                    )
+                };
+                let (bus, other) = (bus(), bus());
                 Fixture {
-                    bus: Arc::new(bus),
+                    bus,
+                    other,
                     db,
                     _endpoint: Some(endpoint),
                 }
@@ -886,6 +902,180 @@ async fn consumer_loop_drains_and_shuts_down(backend: Backend) {
     assert_eq!(f.bus.stats(Q).await.unwrap().depth, 0);
 }
 
+/// The queue whose messages carry sessions.
+const SQ: QueueName = QueueName::ManagerCallbackSession;
+
+fn in_session(id: &str, session: &str) -> OutgoingMessage {
+    OutgoingMessage::new(id, "ChatStream", serde_json::json!({ "id": id })).with_session_id(session)
+}
+
+async fn take(bus: &Arc<dyn Bus>, wait: Duration) -> ReceivedMessage {
+    bus.receive(SQ, wait).await.unwrap().expect("a message")
+}
+
+/// Two receivers, sessions A and B interleaved (A1 B1 A2 B2 A3 B3): the receiver that took
+/// A1 holds A, so the other gets B's messages only, and each gets its session's messages in
+/// the order they were sent. On Service Bus the second receiver meets A2 and A3 at the
+/// broker's head and hands them over to A's holder (see the adapter's module comment).
+async fn sessions_go_to_one_receiver_at_a_time_in_order(backend: Backend) {
+    let f = backend.plain().await;
+    for i in 1..=3 {
+        for session in ["A", "B"] {
+            f.bus
+                .send(SQ, in_session(&format!("{session}{i}"), session))
+                .await
+                .unwrap();
+        }
+    }
+    let (r1, r2) = (&f.bus, &f.other);
+    let a1 = take(r1, SOME_WAIT).await;
+    assert_eq!(
+        (a1.message_id.as_str(), a1.session_id.as_deref()),
+        ("A1", Some("A"))
+    );
+    let mut second = Vec::new();
+    for _ in 0..3 {
+        second.push(take(r2, SOME_WAIT).await);
+    }
+    assert_eq!(
+        second
+            .iter()
+            .map(|m| m.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["B1", "B2", "B3"],
+        "the other receiver never gets a message of the session the first holds"
+    );
+    assert!(
+        r2.receive(SQ, NONE_WAIT).await.unwrap().is_none(),
+        "what is left is A's, and A is held"
+    );
+    let mut first = vec![a1];
+    for _ in 0..2 {
+        first.push(take(r1, SOME_WAIT).await);
+    }
+    assert_eq!(
+        first
+            .iter()
+            .map(|m| m.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["A1", "A2", "A3"],
+        "the holder gets its session in order"
+    );
+    for message in &first {
+        assert_eq!(message.session_id.as_deref(), Some("A"));
+        assert_eq!(
+            message.delivery_count, 1,
+            "passing A2 and A3 on spent nothing"
+        );
+    }
+    for message in first.iter() {
+        r1.complete(message).await.unwrap();
+    }
+    for message in second.iter() {
+        r2.complete(message).await.unwrap();
+    }
+    assert!(r1.receive(SQ, NONE_WAIT).await.unwrap().is_none());
+    assert!(r2.receive(SQ, NONE_WAIT).await.unwrap().is_none());
+}
+
+/// A session is held as long as its holder renews, and passes to another receiver once the
+/// holder stops (crashed): its lease runs out with the lock.
+async fn a_session_is_held_while_renewed_and_passes_on_when_its_holder_stops(backend: Backend) {
+    let f = backend.fixture(Duration::from_secs(2), 10).await;
+    for id in ["A1", "A2"] {
+        f.bus.send(SQ, in_session(id, "A")).await.unwrap();
+    }
+    let a1 = take(&f.bus, SOME_WAIT).await;
+    assert_eq!(a1.message_id, "A1");
+    // Renewed across two lock durations: the other receiver gets nothing of A meanwhile.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        f.bus.renew_lock(&a1).await.unwrap();
+        assert!(
+            f.other.receive(SQ, Duration::ZERO).await.unwrap().is_none(),
+            "A is held"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // The holder dies with A1 in hand.
+    drop(a1);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let message = take(&f.other, SOME_WAIT).await;
+        got.push((message.message_id.clone(), message.delivery_count));
+        f.other.complete(&message).await.unwrap();
+    }
+    got.sort();
+    // (On Service Bus A2 may come first: it was handed over to the dead holder through
+    // PostgreSQL while A1 waited out its lock at the broker.)
+    assert_eq!(got, [("A1".to_string(), 2), ("A2".to_string(), 1)]);
+}
+
+/// A receiver that stops gracefully gives its sessions up: the other receiver gets the
+/// session's next message at once, not a lock duration later.
+async fn released_sessions_pass_on_at_once(backend: Backend) {
+    let f = backend.fixture(Duration::from_secs(60), 10).await;
+    for id in ["A1", "A2"] {
+        f.bus.send(SQ, in_session(id, "A")).await.unwrap();
+    }
+    let a1 = take(&f.bus, SOME_WAIT).await;
+    f.bus.complete(&a1).await.unwrap();
+    assert!(
+        f.other.receive(SQ, NONE_WAIT).await.unwrap().is_none(),
+        "A's lease outlives its message"
+    );
+    f.bus.release_sessions(SQ).await.unwrap();
+    let a2 = take(&f.other, SOME_WAIT).await;
+    assert_eq!(a2.message_id, "A2");
+    f.other.complete(&a2).await.unwrap();
+}
+
+/// The Service Bus adapter carries the session on what it sends, on a retry's scheduled
+/// copy too; and a queue that requires sessions cannot be read over REST at all (the
+/// endpoint answers as Service Bus does), which is why the adapter leases sessions itself.
+#[tokio::test]
+async fn service_bus_keeps_the_session_id_on_retry_copies_and_rest_cannot_read_session_queues() {
+    let f = Backend::ServiceBus
+        .fixture(Duration::from_secs(30), 10)
+        .await;
+    f.bus.send(SQ, in_session("A1", "A")).await.unwrap();
+    let first = take(&f.bus, SOME_WAIT).await;
+    f.bus
+        .abandon(&first, Abandon::after(Duration::from_millis(10)))
+        .await
+        .unwrap();
+    let again = take(&f.bus, SOME_WAIT).await;
+    assert_eq!(
+        (
+            again.message_id.as_str(),
+            again.session_id.as_deref(),
+            again.delivery_count
+        ),
+        ("A1", Some("A"), 2)
+    );
+    f.bus.complete(&again).await.unwrap();
+
+    let db = TestDatabase::new().await;
+    let endpoint = LocalServiceBus::start(LocalServiceBusSettings {
+        requires_session: vec![SQ.as_str().to_string()],
+        ..LocalServiceBusSettings::default()
+    })
+    .await;
+    let bus = ServiceBus::new(endpoint.config(), endpoint.http_client(), db.pool.clone()).unwrap();
+    let refused = bus
+        .send(SQ, message("no-session", 1))
+        .await
+        .expect_err("a session queue takes only messages with a SessionId");
+    // (The crate's error keeps the status, not the body, which names the SessionId.)
+    assert!(refused.to_string().contains("400"), "{refused}");
+    bus.send(SQ, in_session("A1", "A")).await.unwrap();
+    let unreadable = bus.receive(SQ, Duration::ZERO).await.unwrap_err();
+    assert!(
+        unreadable.to_string().contains("non-sessionful"),
+        "{unreadable}"
+    );
+}
+
 macro_rules! contract {
     ($($behaviour:ident),* $(,)?) => {
         mod postgres {
@@ -925,6 +1115,9 @@ contract!(
     dead_letter_waits_for_the_time_budget_and_keeps_the_last_error,
     consumer_waits_as_long_as_a_handlers_retry_after,
     consumer_cancels_a_handler_whose_lock_is_lost,
+    sessions_go_to_one_receiver_at_a_time_in_order,
+    a_session_is_held_while_renewed_and_passes_on_when_its_holder_stops,
+    released_sessions_pass_on_at_once,
 );
 
 /// The local endpoint checks SAS signatures as Service Bus does, so the adapter's signing is

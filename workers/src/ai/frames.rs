@@ -2,7 +2,8 @@
 //! the hub and the student's connection, one push per answer would not stream at all. Like
 //! the original, a frame goes out when about 80 characters have gathered or 250 ms have
 //! passed since the first of them; frames are numbered so the manager can put them back in
-//! order (the REST client cannot receive by session, DESIGN.md decision 4).
+//! order: a session's frames go to one manager replica at a time (`bus_sessions` leases), but
+//! a hand-over or a redelivery can still bring one early.
 //!
 //! The batcher is pure: the caller passes the time, so tests need no clock.
 

@@ -22,6 +22,15 @@
 //! `max_delivery_count` deliveries *and* `min_retry_span` since it was first enqueued — so a
 //! short outage (an SMTP relay, the model API) delays the messages in flight instead of
 //! burning their deliveries in a second. The dead letter keeps the last error.
+//!
+//! **Sessions.** A message may carry a session key ([`OutgoingMessage::with_session_id`];
+//! `manager-callback-session-queue` keys its frames by tutor session). A receiver — one bus
+//! instance, i.e. one process — that takes a message of session S holds S for the lock's
+//! duration, renewed with the message's lock; meanwhile no other receiver gets a message of
+//! S, and the holder gets S's messages in the order they were sent. So two manager replicas
+//! never split one reply stream. PostgreSQL: a lease table (`bus_sessions`) the receive
+//! query respects; Service Bus: the real `SessionId` on the wire, and the same leases on the
+//! receive side, because the REST API has no session receiver (see [`servicebus`]).
 
 pub mod metrics;
 pub mod postgres;
@@ -56,6 +65,12 @@ impl QueueName {
         QueueName::ManagerCallback,
         QueueName::ManagerCallbackSession,
     ];
+
+    /// Whether the queue's messages carry a session key, and a receiver holding a message of
+    /// a session holds the whole session (see [`OutgoingMessage::session_id`]).
+    pub fn sessionful(self) -> bool {
+        matches!(self, QueueName::ManagerCallbackSession)
+    }
 
     /// The queue's name on the broker and in the tables.
     pub fn as_str(self) -> &'static str {
@@ -110,6 +125,11 @@ pub struct OutgoingMessage {
     /// Application properties. Names are lower case: on Service Bus they travel as HTTP
     /// headers, whose names are not case-sensitive.
     pub properties: BTreeMap<String, String>,
+    /// The session the message belongs to (Service Bus's `SessionId`): while a receiver
+    /// holds a message of a session, no other receiver gets a message of that session, and a
+    /// session's messages are taken in the order they were sent. `manager-callback-session-queue`
+    /// keys its frames by tutor session, so one manager replica gets a whole reply stream.
+    pub session_id: Option<String>,
 }
 
 impl OutgoingMessage {
@@ -124,7 +144,14 @@ impl OutgoingMessage {
             action: action.into(),
             payload,
             properties: BTreeMap::new(),
+            session_id: None,
         }
+    }
+
+    /// In session `id` (see [`OutgoingMessage::session_id`]).
+    pub fn with_session_id(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
     }
 
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
@@ -271,6 +298,8 @@ pub struct ReceivedMessage {
     /// The payload as sent (normally JSON; see [`ReceivedMessage::payload`]).
     pub body: String,
     pub properties: BTreeMap<String, String>,
+    /// The session it was sent in; its receiver holds that session while it holds the message.
+    pub session_id: Option<String>,
     pub enqueued_at: DateTime<Utc>,
     /// 1 on the first delivery; abandoning or letting the lock expire adds one.
     pub delivery_count: u32,
@@ -292,6 +321,7 @@ impl fmt::Debug for ReceivedMessage {
             .field("queue", &self.queue)
             .field("message_id", &self.message_id)
             .field("action", &self.action)
+            .field("session_id", &self.session_id)
             .field("delivery_count", &self.delivery_count)
             .field("sequence_number", &self.sequence_number)
             .field("locked_until", &self.locked_until)
@@ -411,6 +441,14 @@ pub trait Bus: Send + Sync {
     ) -> Result<(), BusError> {
         record_processed(pool, consumer, key).await?;
         self.complete(message).await
+    }
+
+    /// Gives up the sessions this receiver holds on `queue` (a graceful shutdown, with
+    /// nothing of theirs in hand any more), so another receiver takes their next messages at
+    /// once instead of after the leases run out.
+    async fn release_sessions(&self, queue: QueueName) -> Result<(), BusError> {
+        let _ = queue;
+        Ok(())
     }
 
     /// Keeps the lock for another lock duration; returns the new deadline.

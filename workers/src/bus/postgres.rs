@@ -16,6 +16,19 @@
 //! would be delivered once more, as Service Bus does, by count alone.
 //!
 //! Sends are idempotent by message id through `bus_message_ids`, in the same statement.
+//!
+//! **Sessions** (migration 0012). A message may carry a session key. Each bus instance is
+//! one receiver with an id of its own (`holder`); taking a message of session S also takes
+//! or extends S's lease in `bus_sessions` for the lock's duration (a renewal of the
+//! message's lock renews it too), and the receive query skips every message of a session
+//! another receiver's live lease holds. So while one replica works on a session, no other
+//! gets its messages; the holder takes them in sequence order; the lease lingers a lock
+//! duration after its last message (the next frame of a stream goes to the same replica),
+//! and a crashed holder's sessions pass on when their leases run out, as Service Bus
+//! session locks do. Two receivers that find S free at the same instant both try to write
+//! the lease; the second waits for the first's row (its primary key), sees it held, rolls
+//! its take back and looks again, now skipping S. The row lock order is fixed (a message
+//! row, `SKIP LOCKED`, then at most one lease row), so takes cannot deadlock.
 
 use super::{reasons, Bus, BusError, DeadLetter, Lock, OutgoingMessage, QueueName, QueueStats};
 use super::{record_processed, Abandon, ReceivedMessage, RetryPolicy};
@@ -54,6 +67,8 @@ pub struct PostgresBus {
     pool: PgPool,
     config: PostgresBusConfig,
     retry: RetryPolicy,
+    /// This receiver's id in `bus_sessions`; clones share it (one process, one receiver).
+    holder: Uuid,
 }
 
 /// A row of `bus_messages` as a receiver gets it.
@@ -65,6 +80,7 @@ struct MessageRow {
     action: String,
     body: String,
     properties: Json<BTreeMap<String, String>>,
+    session_id: Option<String>,
     enqueued_at: DateTime<Utc>,
     delivery_count: i32,
     locked_until: DateTime<Utc>,
@@ -77,7 +93,14 @@ impl PostgresBus {
             pool,
             config,
             retry: RetryPolicy::default(),
+            holder: Uuid::new_v4(),
         }
+    }
+
+    /// The same bus receiving as `holder` (the Service Bus adapter shares its own id).
+    pub(crate) fn with_holder(mut self, holder: Uuid) -> Self {
+        self.holder = holder;
+        self
     }
 
     /// The same bus with another backoff and retry budget.
@@ -101,18 +124,28 @@ impl PostgresBus {
             let mut tx = conn.begin().await?;
             // `lock_token` is set while a receiver holds the row and cleared by an abandon:
             // a visible row that still has one is a row whose lock ran out.
-            let candidate: Option<(i64, i32, bool, Option<String>)> = sqlx::query_as(
-                "SELECT sequence_number, delivery_count, lock_token IS NOT NULL, last_error
-                   FROM bus_messages
-                  WHERE queue = $1 AND visible_at <= clock_timestamp()
-                  ORDER BY sequence_number
-                  LIMIT 1
-                  FOR UPDATE SKIP LOCKED",
+            // A message of a session whose live lease another receiver holds is not ours to
+            // take (sequence order within what is left keeps the session's order).
+            let candidate: Option<Candidate> = sqlx::query_as(
+                "SELECT m.sequence_number, m.delivery_count, m.lock_token IS NOT NULL,
+                            m.last_error, m.session_id
+                       FROM bus_messages m
+                      WHERE m.queue = $1 AND m.visible_at <= clock_timestamp()
+                        AND (m.session_id IS NULL OR NOT EXISTS (
+                                SELECT 1 FROM bus_sessions s
+                                 WHERE s.queue = m.queue AND s.session_id = m.session_id
+                                   AND s.holder <> $2
+                                   AND s.locked_until > clock_timestamp()))
+                      ORDER BY m.sequence_number
+                      LIMIT 1
+                      FOR UPDATE OF m SKIP LOCKED",
             )
             .bind(queue.as_str())
+            .bind(self.holder)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((sequence_number, deliveries, lock_ran_out, last_error)) = candidate else {
+            let Some((sequence_number, deliveries, lock_ran_out, last_error, session)) = candidate
+            else {
                 tx.commit().await?;
                 return Ok(None);
             };
@@ -136,6 +169,21 @@ impl PostgresBus {
                 tx.commit().await?;
                 continue;
             }
+            if let Some(session) = &session {
+                if !take_session(
+                    &mut tx,
+                    queue,
+                    session,
+                    self.holder,
+                    self.config.lock_duration,
+                )
+                .await?
+                {
+                    // Another receiver took the session meanwhile: leave the message be.
+                    tx.rollback().await?;
+                    continue;
+                }
+            }
             let token = Uuid::new_v4();
             let row: MessageRow = sqlx::query_as(
                 "UPDATE bus_messages
@@ -145,7 +193,7 @@ impl PostgresBus {
                         delivery_count = delivery_count + 1
                   WHERE sequence_number = $1
               RETURNING sequence_number, message_id, correlation_id, action, body, properties,
-                        enqueued_at, delivery_count, locked_until",
+                        session_id, enqueued_at, delivery_count, locked_until",
             )
             .bind(sequence_number)
             .bind(token)
@@ -161,6 +209,7 @@ impl PostgresBus {
                 action: row.action,
                 body: row.body,
                 properties: row.properties.0,
+                session_id: row.session_id,
                 enqueued_at: row.enqueued_at,
                 delivery_count: row.delivery_count as u32,
                 locked_until: row.locked_until,
@@ -195,15 +244,75 @@ impl PostgresBus {
     }
 
     /// Deletes message ids accepted before `before` (the duplicate-detection window) and
-    /// returns how many. A cron job's work.
+    /// returns how many; forgets session leases that ran out before it too. A cron job's work.
     pub async fn purge_message_ids(&self, before: DateTime<Utc>) -> Result<u64, BusError> {
         let done = sqlx::query("DELETE FROM bus_message_ids WHERE sent_at < $1")
             .bind(before)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM bus_sessions WHERE locked_until < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
+
+    /// Takes `message` (received from another backend, and of a session another receiver
+    /// holds) into this queue, where the session's holder will take it: same id, what it
+    /// carried, its deliveries so far (the hand-over spends none). `false` if the queue
+    /// already has it (handed over before).
+    pub(crate) async fn hand_over(
+        &self,
+        message: &ReceivedMessage,
+        retry_since: DateTime<Utc>,
+        last_error: Option<&str>,
+    ) -> Result<bool, BusError> {
+        let done = sqlx::query(
+            "INSERT INTO bus_messages (queue, message_id, correlation_id, action, body,
+                    properties, session_id, enqueued_at, delivery_count, retry_since, last_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ON CONFLICT (queue, message_id) DO NOTHING",
+        )
+        .bind(message.queue.as_str())
+        .bind(&message.message_id)
+        .bind(&message.correlation_id)
+        .bind(&message.action)
+        .bind(&message.body)
+        .bind(Json(&message.properties))
+        .bind(&message.session_id)
+        .bind(message.enqueued_at)
+        .bind(message.delivery_count.saturating_sub(1) as i32)
+        .bind(retry_since)
+        .bind(last_error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Takes or extends `session`'s lease for this receiver, outside any take (the Service
+    /// Bus adapter, after a peek-lock). `false` if another receiver holds it.
+    pub(crate) async fn hold_session(
+        &self,
+        queue: QueueName,
+        session: &str,
+        span: Duration,
+    ) -> Result<bool, BusError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(take_session(&mut conn, queue, session, self.holder, span).await?)
+    }
+
+    /// One attempt to take a message (see [`PostgresBus::receive`]), without waiting.
+    pub(crate) async fn receive_now(
+        &self,
+        queue: QueueName,
+    ) -> Result<Option<ReceivedMessage>, BusError> {
+        self.try_receive(queue).await
+    }
 }
+
+/// The next message a receiver may take: sequence number, deliveries, whether its last lock
+/// ran out, its last error, its session.
+type Candidate = (i64, i32, bool, Option<String>, Option<String>);
 
 /// A held message's row, as settling needs it.
 #[derive(sqlx::FromRow)]
@@ -213,6 +322,57 @@ struct Held {
     last_error: Option<String>,
     /// The database's clock, which every deadline of the queue is on.
     now: DateTime<Utc>,
+}
+
+/// Takes `session`'s lease for `holder`, or extends it if it is `holder`'s already or has run
+/// out; `false` if another receiver holds it. A lease never shrinks.
+async fn take_session(
+    conn: &mut PgConnection,
+    queue: QueueName,
+    session: &str,
+    holder: Uuid,
+    span: Duration,
+) -> Result<bool, sqlx::Error> {
+    let taken: Option<(Uuid,)> = sqlx::query_as(
+        "INSERT INTO bus_sessions AS s (queue, session_id, holder, locked_until)
+         VALUES ($1, $2, $3, clock_timestamp() + $4 * interval '1 millisecond')
+         ON CONFLICT (queue, session_id) DO UPDATE
+            SET holder = EXCLUDED.holder,
+                locked_until = CASE WHEN s.holder = EXCLUDED.holder
+                                    THEN greatest(s.locked_until, EXCLUDED.locked_until)
+                                    ELSE EXCLUDED.locked_until END
+          WHERE s.holder = EXCLUDED.holder OR s.locked_until <= clock_timestamp()
+         RETURNING holder",
+    )
+    .bind(queue.as_str())
+    .bind(session)
+    .bind(holder)
+    .bind(span.as_millis() as f64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(taken.is_some())
+}
+
+/// Extends `holder`'s lease of `session` to `until` (a renewed message lock). A lease that
+/// ran out and passed to someone else stays theirs.
+pub(crate) async fn renew_session<'c, E: sqlx::PgExecutor<'c>>(
+    executor: E,
+    queue: QueueName,
+    session: &str,
+    holder: Uuid,
+    until: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE bus_sessions SET locked_until = greatest(locked_until, $4)
+          WHERE queue = $1 AND session_id = $2 AND holder = $3",
+    )
+    .bind(queue.as_str())
+    .bind(session)
+    .bind(holder)
+    .bind(until)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Moves a (locked, in `tx`) message row to the dead letters.
@@ -225,12 +385,14 @@ async fn move_to_dead_letters(
     sqlx::query(
         "WITH gone AS (DELETE FROM bus_messages WHERE sequence_number = $1 RETURNING *)
          INSERT INTO bus_dead_letters (queue, message_id, sequence_number, correlation_id,
-                action, body, properties, enqueued_at, delivery_count, reason, description)
+                action, body, properties, enqueued_at, delivery_count, reason, description,
+                session_id)
          SELECT queue, message_id, sequence_number, correlation_id, action, body, properties,
-                enqueued_at, delivery_count, $2, $3
+                enqueued_at, delivery_count, $2, $3, session_id
            FROM gone
          ON CONFLICT (queue, message_id) DO UPDATE
             SET sequence_number = EXCLUDED.sequence_number, body = EXCLUDED.body,
+                session_id = EXCLUDED.session_id,
                 properties = EXCLUDED.properties, delivery_count = EXCLUDED.delivery_count,
                 reason = EXCLUDED.reason, description = EXCLUDED.description,
                 dead_lettered_at = now()",
@@ -252,8 +414,9 @@ impl Bus for PostgresBus {
                 INSERT INTO bus_message_ids (queue, message_id) VALUES ($1, $2)
                 ON CONFLICT DO NOTHING
                 RETURNING queue, message_id)
-             INSERT INTO bus_messages (queue, message_id, correlation_id, action, body, properties)
-             SELECT queue, message_id, $3, $4, $5, $6 FROM accepted",
+             INSERT INTO bus_messages (queue, message_id, correlation_id, action, body, properties,
+                    session_id)
+             SELECT queue, message_id, $3, $4, $5, $6, $7 FROM accepted",
         )
         .bind(queue.as_str())
         .bind(&message.message_id)
@@ -261,6 +424,7 @@ impl Bus for PostgresBus {
         .bind(&message.action)
         .bind(body)
         .bind(Json(&message.properties))
+        .bind(&message.session_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -375,6 +539,15 @@ impl Bus for PostgresBus {
         }
     }
 
+    async fn release_sessions(&self, queue: QueueName) -> Result<(), BusError> {
+        sqlx::query("DELETE FROM bus_sessions WHERE queue = $1 AND holder = $2")
+            .bind(queue.as_str())
+            .bind(self.holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn renew_lock(&self, message: &ReceivedMessage) -> Result<DateTime<Utc>, BusError> {
         let token = Self::token(message)?;
         let renewed: Option<(DateTime<Utc>,)> = sqlx::query_as(
@@ -390,7 +563,12 @@ impl Bus for PostgresBus {
         .fetch_optional(&self.pool)
         .await?;
         match renewed {
-            Some((until,)) => Ok(until),
+            Some((until,)) => {
+                if let Some(session) = &message.session_id {
+                    renew_session(&self.pool, message.queue, session, self.holder, until).await?;
+                }
+                Ok(until)
+            }
             None => Err(BusError::LockLost),
         }
     }
@@ -438,8 +616,9 @@ impl Bus for PostgresBus {
             "WITH back AS (
                 DELETE FROM bus_dead_letters WHERE queue = $1 AND message_id = $2 RETURNING *)
              INSERT INTO bus_messages (queue, message_id, correlation_id, action, body,
-                    properties, enqueued_at)
-             SELECT queue, message_id, correlation_id, action, body, properties, enqueued_at
+                    properties, enqueued_at, session_id)
+             SELECT queue, message_id, correlation_id, action, body, properties, enqueued_at,
+                    session_id
                FROM back",
         )
         .bind(queue.as_str())

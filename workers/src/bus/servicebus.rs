@@ -44,11 +44,39 @@
 //!   `MaxDeliveryCount` still dead-letters a message (or copy) whose *locks* keep running out;
 //!   `max_delivery_count` here must equal it (Terraform sets both to 10).
 //!
+//! - **Sessions** (`manager-callback-session-queue`, [`QueueName::sessionful`]): every
+//!   message is sent with its session key as the real `SessionId` broker property (a retry's
+//!   scheduled copy and a resubmitted copy too), and a received message's `SessionId` is read
+//!   back. But the REST API has **no session receiver**: nothing over HTTP accepts a session
+//!   (next available or by id), holds or renews a session lock, or reads session state —
+//!   those are AMQP-only, and the 0.21 crate speaks only REST. Worse, a peek-lock on a queue
+//!   created with `RequiresSession` is refused (405 "It is not possible for an entity that
+//!   requires sessions to create a non-sessionful message receiver"), so such a queue could
+//!   not be read at all. The queue therefore stays *without* `requires_session` on the broker,
+//!   and the adapter keeps the session lock itself, in PostgreSQL, with the PostgreSQL
+//!   backend's lease table (`bus_sessions`, migration 0012; each adapter instance is one
+//!   receiver id): after a peek-lock, a message of session S takes or extends S's lease for
+//!   the lock's duration (a lock renewal renews it). A message of a session another receiver
+//!   holds is **handed over**: written into `bus_messages` (same id, deliveries so far, first
+//!   enqueue, budget clock and last error; the hand-over spends no delivery), then completed
+//!   at the broker. Every receive of that queue first takes from `bus_messages` — the
+//!   PostgreSQL backend's receive, which skips sessions other receivers hold — and only then
+//!   long-polls the broker, a second at a time, so a handed-over message reaches its
+//!   session's holder within about a second; settling a handed-over message goes to
+//!   PostgreSQL. What this does not give that broker sessions would: strict order when a
+//!   holder takes a later message of S from the broker while another receiver is still
+//!   handing over an earlier one (the holder's frame reorderer puts them back in order), and
+//!   when a holder dies, its handed-over messages may be taken before the broker brings back
+//!   the one it died holding. Moving the receive side to AMQP sessions
+//!   (`AcceptNextSession`) would remove the hand-over; the queue would then need
+//!   `requires_session` (a queue replacement on Azure).
+//!
 //! Idempotent sends rely on the queues' duplicate detection (`requires_duplicate_detection`
 //! in Terraform): the broker drops a message whose id it accepted within its history window.
 //! The crate hard-codes `https://{namespace}.servicebus.windows.net`, so only the public
 //! Azure cloud is reachable (or anything the injected client redirects to).
 
+use super::postgres::{renew_session, PostgresBus, PostgresBusConfig};
 use super::{
     postgres::list_parked, reasons, Abandon, Bus, BusError, DeadLetter, Lock, OutgoingMessage,
     QueueName, QueueStats, ReceivedMessage, RetryPolicy, ORIGINAL_MESSAGE_ID,
@@ -99,6 +127,9 @@ pub struct ServiceBusConfig {
     pub max_delivery_count: u32,
     /// Backoff and the time half of the retry budget.
     pub retry: RetryPolicy,
+    /// The queues' lock duration (Terraform: `PT1M`): how long a receiver holds a session
+    /// (and a handed-over message) without renewing.
+    pub session_lock: Duration,
 }
 
 impl fmt::Debug for ServiceBusConfig {
@@ -109,6 +140,7 @@ impl fmt::Debug for ServiceBusConfig {
             .field("key", &"<secret>")
             .field("max_delivery_count", &self.max_delivery_count)
             .field("retry", &self.retry)
+            .field("session_lock", &self.session_lock)
             .finish()
     }
 }
@@ -158,6 +190,7 @@ impl ServiceBusConfig {
             dead_letter_scan_limit: 500,
             max_delivery_count: 10,
             retry: RetryPolicy::default(),
+            session_lock: Duration::from_secs(60),
         })
     }
 
@@ -188,6 +221,11 @@ pub struct ServiceBus {
     pool: PgPool,
     queues: HashMap<QueueName, QueueClient>,
     dead_letter_queues: HashMap<QueueName, QueueClient>,
+    /// Session leases, and messages handed over to a session's holder (see the module
+    /// comment), in PostgreSQL; receiving as this adapter's own receiver id.
+    handoff: PostgresBus,
+    /// This adapter's receiver id in `bus_sessions`.
+    holder: uuid::Uuid,
 }
 
 /// The lock of a message received from Service Bus: the crate's handle on it (which knows
@@ -225,12 +263,25 @@ impl ServiceBus {
                 client(format!("{}/{DEAD_LETTER_SUBQUEUE}", queue.as_str()))?,
             );
         }
+        let handoff = PostgresBus::new(
+            pool.clone(),
+            PostgresBusConfig {
+                lock_duration: config.session_lock,
+                max_delivery_count: config.max_delivery_count,
+                ..PostgresBusConfig::default()
+            },
+        )
+        .with_retry(config.retry);
+        let holder = uuid::Uuid::new_v4();
+        let handoff = handoff.with_holder(holder);
         Ok(ServiceBus {
+            holder,
             config,
             http,
             pool,
             queues,
             dead_letter_queues,
+            handoff,
         })
     }
 
@@ -299,6 +350,7 @@ impl ServiceBus {
             action: extra.label.unwrap_or_default(),
             body: response.body(),
             properties,
+            session_id: extra.session_id,
             enqueued_at,
             delivery_count: carried.deliveries + broker.delivery_count.max(0) as u32,
             sequence_number: broker.sequence_number,
@@ -317,6 +369,57 @@ impl ServiceBus {
         Ok(Some((message, system)))
     }
 
+    /// Receives from a queue with sessions (see the module comment): what was handed over to
+    /// this receiver first, then the broker a second at a time; a broker message of a
+    /// session another receiver holds is handed over to it.
+    async fn receive_in_session(
+        &self,
+        queue: QueueName,
+        wait: Duration,
+    ) -> Result<Option<ReceivedMessage>, BusError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Handed over (or left by a holder whose lease ran out): sent before anything of
+            // its session the broker still has, so taken first.
+            if let Some(message) = self.handoff.receive_now(queue).await? {
+                return Ok(Some(message));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let poll = if left >= Duration::from_secs(1) {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            let Some((message, _)) = self.peek_lock(queue, self.queue(queue), poll).await? else {
+                if poll.is_zero() {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let Some(session) = message.session_id.clone() else {
+                return Ok(Some(message));
+            };
+            let lock = self.lock(&message)?;
+            let span = lock.lock_span.to_std().unwrap_or(self.config.session_lock);
+            if self.handoff.hold_session(queue, &session, span).await? {
+                return Ok(Some(message));
+            }
+            // Another receiver holds the session: the message goes to it through PostgreSQL
+            // (written first, then completed here: a crash in between leaves a duplicate,
+            // which the consumers' idempotency absorbs, never a loss).
+            self.handoff
+                .hand_over(&message, lock.retry_since, lock.last_error.as_deref())
+                .await?;
+            match lock.response.delete_message().await.map_err(settle_error) {
+                Ok(_) | Err(BusError::LockLost) => {}
+                Err(error) => return Err(error),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
     fn lock<'m>(&self, message: &'m ReceivedMessage) -> Result<&'m ServiceBusLock, BusError> {
         match &message.lock {
             Lock::ServiceBus(lock) => Ok(lock),
@@ -327,6 +430,7 @@ impl ServiceBus {
     }
 
     /// Sends a dead letter back to its queue under a new id (see the module comment).
+    #[allow(clippy::too_many_arguments)]
     async fn send_copy(
         &self,
         queue: QueueName,
@@ -335,12 +439,14 @@ impl ServiceBus {
         correlation_id: Option<String>,
         body: &str,
         mut properties: BTreeMap<String, String>,
+        session_id: Option<String>,
     ) -> Result<(), BusError> {
         properties.insert(ORIGINAL_MESSAGE_ID.into(), original_key.to_string());
         self.send_raw(
             queue,
             &uuid::Uuid::new_v4().to_string(),
             correlation_id,
+            session_id,
             action,
             body,
             &properties,
@@ -394,6 +500,8 @@ impl ServiceBus {
             message.queue,
             &format!("{}~{}", message.message_id, message.delivery_count),
             message.correlation_id.clone(),
+            // The copy stays in its session: the holder's lease covers it like the original.
+            message.session_id.clone(),
             &message.action,
             &message.body,
             &properties,
@@ -408,6 +516,7 @@ impl ServiceBus {
         queue: QueueName,
         message_id: &str,
         correlation_id: Option<String>,
+        session_id: Option<String>,
         action: &str,
         body: &str,
         properties: &BTreeMap<String, String>,
@@ -418,6 +527,7 @@ impl ServiceBus {
             broker_properties: Some(SettableBrokerProperties {
                 message_id: Some(message_id.to_string()),
                 correlation_id,
+                session_id,
                 label: Some(action.to_string()),
                 scheduled_enqueue_time_utc: scheduled,
                 ..Default::default()
@@ -490,6 +600,7 @@ impl ServiceBus {
 struct ExtraBrokerProperties {
     label: Option<String>,
     correlation_id: Option<String>,
+    session_id: Option<String>,
 }
 
 impl ExtraBrokerProperties {
@@ -529,6 +640,11 @@ impl Carried {
             last_error: properties.remove(RETRY_LAST_ERROR),
         }
     }
+}
+
+/// A message handed over through PostgreSQL (see the module comment), settled there.
+fn handed_over(message: &ReceivedMessage) -> bool {
+    matches!(message.lock, Lock::Postgres { .. })
 }
 
 /// The broker's description of a dead letter, and the last error a retry copy carried.
@@ -648,6 +764,7 @@ impl Bus for ServiceBus {
             queue,
             &message.message_id,
             message.correlation_id,
+            message.session_id,
             &message.action,
             &body,
             &message.properties,
@@ -661,6 +778,9 @@ impl Bus for ServiceBus {
         queue: QueueName,
         wait: Duration,
     ) -> Result<Option<ReceivedMessage>, BusError> {
+        if queue.sessionful() {
+            return self.receive_in_session(queue, wait).await;
+        }
         Ok(self
             .peek_lock(queue, self.queue(queue), wait)
             .await?
@@ -668,6 +788,9 @@ impl Bus for ServiceBus {
     }
 
     async fn complete(&self, message: &ReceivedMessage) -> Result<(), BusError> {
+        if handed_over(message) {
+            return self.handoff.complete(message).await;
+        }
         self.lock(message)?
             .response
             .delete_message()
@@ -677,6 +800,9 @@ impl Bus for ServiceBus {
     }
 
     async fn abandon(&self, message: &ReceivedMessage, how: Abandon) -> Result<(), BusError> {
+        if handed_over(message) {
+            return self.handoff.abandon(message, how).await;
+        }
         let lock = self.lock(message)?;
         let now = Utc::now();
         let deliveries = message.delivery_count;
@@ -702,7 +828,14 @@ impl Bus for ServiceBus {
         self.complete(message).await
     }
 
+    async fn release_sessions(&self, queue: QueueName) -> Result<(), BusError> {
+        self.handoff.release_sessions(queue).await
+    }
+
     async fn renew_lock(&self, message: &ReceivedMessage) -> Result<DateTime<Utc>, BusError> {
+        if handed_over(message) {
+            return self.handoff.renew_lock(message).await;
+        }
         let lock = self.lock(message)?;
         let span = lock.lock_span;
         lock.response
@@ -710,7 +843,28 @@ impl Bus for ServiceBus {
             .await
             .map_err(settle_error)?;
         // The REST answer carries no new deadline; the broker renews for its lock duration.
-        Ok(Utc::now() + span)
+        let until = Utc::now() + span;
+        if let Some(session) = &message.session_id {
+            renew_session(&self.pool, message.queue, session, self.holder, until).await?;
+        }
+        Ok(until)
+    }
+
+    async fn complete_recorded(
+        &self,
+        message: &ReceivedMessage,
+        pool: &PgPool,
+        consumer: &str,
+        key: &str,
+    ) -> Result<(), BusError> {
+        if handed_over(message) {
+            return self
+                .handoff
+                .complete_recorded(message, pool, consumer, key)
+                .await;
+        }
+        super::record_processed(pool, consumer, key).await?;
+        self.complete(message).await
     }
 
     async fn dead_letter(
@@ -719,13 +873,18 @@ impl Bus for ServiceBus {
         reason: &str,
         description: &str,
     ) -> Result<(), BusError> {
+        if handed_over(message) {
+            return self.handoff.dead_letter(message, reason, description).await;
+        }
         let lock = self.lock(message)?;
         sqlx::query(
             "INSERT INTO bus_dead_letters (queue, message_id, sequence_number, correlation_id,
-                    action, body, properties, enqueued_at, delivery_count, reason, description)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                    action, body, properties, enqueued_at, delivery_count, reason, description,
+                    session_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (queue, message_id) DO UPDATE
                 SET sequence_number = EXCLUDED.sequence_number, body = EXCLUDED.body,
+                    session_id = EXCLUDED.session_id,
                     properties = EXCLUDED.properties, delivery_count = EXCLUDED.delivery_count,
                     reason = EXCLUDED.reason, description = EXCLUDED.description,
                     dead_lettered_at = now()",
@@ -741,6 +900,7 @@ impl Bus for ServiceBus {
         .bind(message.delivery_count as i32)
         .bind(reason)
         .bind(description)
+        .bind(&message.session_id)
         .execute(&self.pool)
         .await?;
         if let Err(error) = lock.response.delete_message().await.map_err(settle_error) {
@@ -758,8 +918,15 @@ impl Bus for ServiceBus {
     async fn stats(&self, queue: QueueName) -> Result<QueueStats, BusError> {
         let description = self.queue_description(queue).await?;
         // Scheduled messages (retries waiting out their backoff) are still in the queue.
+        // Messages handed over to a session's holder wait in PostgreSQL.
+        let handed_over: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM bus_messages WHERE queue = $1")
+                .bind(queue.as_str())
+                .fetch_one(&self.pool)
+                .await?;
         let active = count_in(&description, "ActiveMessageCount")?
-            + count_in(&description, "ScheduledMessageCount").unwrap_or(0);
+            + count_in(&description, "ScheduledMessageCount").unwrap_or(0)
+            + handed_over;
         let broker_dead = count_in(&description, "DeadLetterMessageCount")?;
         let parked: i64 =
             sqlx::query_scalar("SELECT count(*) FROM bus_dead_letters WHERE queue = $1")
@@ -818,21 +985,30 @@ impl Bus for ServiceBus {
             String,
             String,
             Json<BTreeMap<String, String>>,
+            Option<String>,
         )> = sqlx::query_as(
-            "SELECT correlation_id, action, body, properties FROM bus_dead_letters
+            "SELECT correlation_id, action, body, properties, session_id FROM bus_dead_letters
                   WHERE queue = $1 AND message_id = $2",
         )
         .bind(queue.as_str())
         .bind(message_id)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some((correlation_id, action, body, Json(properties))) = parked {
+        if let Some((correlation_id, action, body, Json(properties), session_id)) = parked {
             let original = properties
                 .get(ORIGINAL_MESSAGE_ID)
                 .cloned()
                 .unwrap_or_else(|| message_id.to_string());
-            self.send_copy(queue, &original, &action, correlation_id, &body, properties)
-                .await?;
+            self.send_copy(
+                queue,
+                &original,
+                &action,
+                correlation_id,
+                &body,
+                properties,
+                session_id,
+            )
+            .await?;
             sqlx::query("DELETE FROM bus_dead_letters WHERE queue = $1 AND message_id = $2")
                 .bind(queue.as_str())
                 .bind(message_id)
@@ -854,6 +1030,7 @@ impl Bus for ServiceBus {
                     message.correlation_id.clone(),
                     &message.body,
                     message.properties.clone(),
+                    message.session_id.clone(),
                 )
                 .await?;
                 self.complete(message).await?;

@@ -1,14 +1,16 @@
 //! `manager-callback-session-queue`: the frames of streamed tutor replies, put back in order
 //! and pushed to the student's SignalR connections.
 //!
-//! The queue is consumed by competing handlers (and the REST client cannot receive by
-//! session, DESIGN.md decision 4), so frames arrive in any order. [`Reorderer`] keeps, per
+//! Frames travel in their tutor session's bus session, so one manager replica gets every frame
+//! of a session while it holds it (the bus's session lock, `crate::bus`); within the replica
+//! several handlers run at once, so frames still arrive in any order. [`Reorderer`] keeps, per
 //! request, the next sequence it expects and buffers the frames that came early; a frame is
 //! pushed only after every frame before it. It is bounded:
 //! - at most `max_buffered` frames wait per request; past that the gap is skipped (what
 //!   waits goes out in order, the missing frames are dropped if they come later);
 //! - a gap older than `gap_timeout` is skipped the same way (a frame can be lost for good:
-//!   another manager replica took it — the browser orders frames by `sequenceNumber` too);
+//!   a replica that held the session died — the browser orders frames by `sequenceNumber`
+//!   too);
 //! - at most `max_streams` requests are tracked; the least recently active are forgotten.
 //!
 //! A newer delivery attempt of the same request (the engine worker died, the request came

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use teachin_commands::CommandBus;
 use teachin_domain::ids::UserId;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// The consumers' names in `bus_processed_messages`.
 pub const RESULTS_CONSUMER: &str = "manager-callbacks";
@@ -115,13 +116,29 @@ pub fn frames_consumer(deps: &CallbackDeps, pusher: FramePusher) -> Consumer {
 
 /// Runs both callback consumers, and the sweep that releases frames held back by stale gaps,
 /// until `shutdown` turns true (or its sender is dropped).
+///
+/// Fails fast, as the role supervisor (`supervise` in `src/roles.rs`) does one level up:
+/// the three tasks run until shutdown, so one that ends before it — above all one that
+/// panicked — ends this function at once instead of leaving the manager running without
+/// it. A panic is re-raised here with its payload, so the role's supervisor reports
+/// "a task of the role panicked: …" and stops the process; a task that merely returned
+/// early ends this function, which the supervisor reports as a task that stopped before
+/// shutdown. The other two are left to the stop signal the supervisor then sends (they
+/// share `shutdown`), and drain within its drain period.
 pub async fn run_manager_callbacks(deps: CallbackDeps, shutdown: watch::Receiver<bool>) {
     let pusher = FramePusher::new(deps.settings.reorder, deps.push.clone());
-    let results = tokio::spawn(results_consumer(&deps).run(shutdown.clone()));
-    let frames = tokio::spawn(frames_consumer(&deps, pusher.clone()).run(shutdown.clone()));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(named(
+        "results",
+        results_consumer(&deps).run(shutdown.clone()),
+    ));
+    tasks.spawn(named(
+        "frames",
+        frames_consumer(&deps, pusher.clone()).run(shutdown.clone()),
+    ));
     let sweep_every = deps.settings.reorder.sweep_every;
-    let mut stop = shutdown;
-    let sweeper = tokio::spawn(async move {
+    let mut stop = shutdown.clone();
+    tasks.spawn(named("sweeper", async move {
         let mut ticks = tokio::time::interval(sweep_every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -134,14 +151,105 @@ pub async fn run_manager_callbacks(deps: CallbackDeps, shutdown: watch::Receiver
                 }
             }
         }
-    });
-    for (name, task) in [
-        ("results", results),
-        ("frames", frames),
-        ("sweeper", sweeper),
-    ] {
-        if let Err(error) = task.await {
-            tracing::error!(%error, "manager callbacks: the {name} task failed");
+    }));
+    supervise_tasks(tasks, shutdown).await;
+}
+
+/// Tags a task's end with its name.
+async fn named(name: &'static str, task: impl std::future::Future<Output = ()>) -> &'static str {
+    task.await;
+    name
+}
+
+/// Waits for `tasks`, which all run until `shutdown`: once shutdown has begun, for all of
+/// them; before it, only for the first to end, which is a failure — a panic is resumed with
+/// its payload, an early return logged and returned from — and the others are detached
+/// (they stop on `shutdown`, which the caller's supervisor sets next).
+async fn supervise_tasks(mut tasks: JoinSet<&'static str>, shutdown: watch::Receiver<bool>) {
+    while let Some(ended) = tasks.join_next().await {
+        let stopping = *shutdown.borrow() || shutdown.has_changed().is_err();
+        match ended {
+            Ok(_) if stopping => continue,
+            Ok(name) => {
+                tracing::error!("manager callbacks: the {name} task stopped before shutdown");
+            }
+            Err(error) if error.is_panic() => {
+                tracing::error!("manager callbacks: a task panicked; failing the manager");
+                tasks.detach_all();
+                std::panic::resume_unwind(error.into_panic());
+            }
+            Err(error) => {
+                tracing::error!(%error, "manager callbacks: a task was cancelled");
+                if stopping {
+                    continue;
+                }
+            }
         }
+        tasks.detach_all();
+        return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn until_stopped(mut stop: watch::Receiver<bool>) {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+
+    #[tokio::test]
+    async fn a_panicked_task_fails_at_once_with_its_message() {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(named("results", until_stopped(stop_rx.clone())));
+        tasks.spawn(named("frames", until_stopped(stop_rx.clone())));
+        tasks.spawn(named("sweeper", async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            panic!("a bug in the sweeper");
+        }));
+        let outer = tokio::spawn(supervise_tasks(tasks, stop_rx.clone()));
+        let ended = tokio::time::timeout(Duration::from_secs(10), outer)
+            .await
+            .expect("a panic is not left unnoticed until shutdown");
+        let error = ended.expect_err("the panic reaches the role's supervisor");
+        assert!(error.is_panic());
+        let payload = error.into_panic();
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"a bug in the sweeper")
+        );
+        drop(stop_tx);
+    }
+
+    #[tokio::test]
+    async fn a_task_ending_early_ends_the_whole_before_shutdown() {
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(named("results", until_stopped(stop_rx.clone())));
+        tasks.spawn(named("frames", async {}));
+        tokio::time::timeout(Duration::from_secs(10), supervise_tasks(tasks, stop_rx))
+            .await
+            .expect("an early end is not left unnoticed until shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_waits_for_every_task() {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = JoinSet::new();
+        for name in ["results", "frames", "sweeper"] {
+            let (stop, finished) = (stop_rx.clone(), finished.clone());
+            tasks.spawn(named(name, async move {
+                until_stopped(stop).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }));
+        }
+        let supervised = tokio::spawn(supervise_tasks(tasks, stop_rx));
+        stop_tx.send(true).unwrap();
+        supervised.await.expect("no failure");
+        assert_eq!(finished.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

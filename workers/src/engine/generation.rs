@@ -184,6 +184,12 @@ impl Generations {
 enum Stop {
     /// Our side failed; another delivery may do better.
     Retry(String),
+    /// The model is busy and said when to come back (a 429's `Retry-After`): the bus brings
+    /// the request back after that delay, within its retry budget.
+    RetryAfter {
+        why: String,
+        after: std::time::Duration,
+    },
     /// The request fails.
     Fail {
         reason: String,
@@ -299,6 +305,11 @@ impl Inner {
         match sent {
             Ok(()) => Ok(()),
             Err(Stop::Retry(why)) => Err(HandlerError::Retry(why)),
+            Err(Stop::RetryAfter { why, after }) => {
+                tracing::info!(request = %job.request_id, %why, ?after,
+                    "the model is busy; the request comes back when it asked");
+                Err(HandlerError::RetryAfter { why, after })
+            }
             Err(Stop::Fail { reason, model }) => {
                 tracing::warn!(request = %job.request_id, %reason, "generation failed");
                 self.callback(
@@ -492,9 +503,20 @@ impl Inner {
                 .provider
                 .complete(&request, &mut ignore)
                 .await
-                .map_err(|e: AiError| Stop::Fail {
-                    reason: e.to_string(),
-                    model: Some(model.clone()),
+                .map_err(|e: AiError| match e {
+                    // A 429 (or 503) that says when to come back: nothing is wrong with the
+                    // request, so it waits on the bus rather than failing.
+                    AiError::Unavailable {
+                        retry_after: Some(after),
+                        ..
+                    } => Stop::RetryAfter {
+                        why: e.to_string(),
+                        after,
+                    },
+                    e => Stop::Fail {
+                        reason: e.to_string(),
+                        model: Some(model.clone()),
+                    },
                 })?;
             usage.prompt_tokens += completion.usage.prompt_tokens;
             usage.completion_tokens += completion.usage.completion_tokens;

@@ -95,7 +95,9 @@ impl<'a> FrameOut<'a> {
             session::CHAT_STREAM,
             serde_json::to_value(&frame).expect("a frame serializes"),
         )
-        .with_property("session-id", self.session.to_string());
+        .with_property("session-id", self.session.to_string())
+        // The tutor session is the bus session: one manager replica gets the whole stream.
+        .with_session_id(self.session.to_string());
         if let Some(correlation) = &self.correlation_id {
             message = message.with_correlation_id(correlation.clone());
         }

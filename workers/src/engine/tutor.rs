@@ -23,7 +23,7 @@ use super::context::{ContextError, ContextReader, Conversation};
 use super::prompting::{self, fallback_title, fixed_title, parse_title};
 use super::stream::{FrameOut, FrameSettings};
 use super::tools::Tools;
-use crate::ai::{AiProvider, ChatMessage, ChatRequest, Speaker, StreamEvent, Usage};
+use crate::ai::{AiError, AiProvider, ChatMessage, ChatRequest, Speaker, StreamEvent, Usage};
 use crate::bus::{Bus, BusError, OutgoingMessage, QueueName};
 use crate::consumer::{Handler, HandlerError, MessageContext};
 use crate::contracts::{
@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use teachin_commands::AggregateReader;
 use teachin_domain::ids::UserId;
 use teachin_domain::tutor_session::{ReplyStatus, SessionKind, TutorSession};
@@ -112,6 +112,39 @@ fn sending(what: &str) -> impl Fn(BusError) -> Stop + '_ {
     move |e| Stop::Retry(format!("sending {what}: {e}"))
 }
 
+/// How long to wait before the next delivery of a reply the model refused with a
+/// `Retry-After` (`AiError::Unavailable { retry_after: Some(..) }`), if waiting is still worth
+/// it; `None` means the reply fails now, as any other AI error does.
+///
+/// A tutor reply is worth something only while the student waits for it: past
+/// `requestedAt + ttlSeconds` the next delivery would only answer `Expired` (and a
+/// `TutorReplyFailed`). So the bus brings the request back after the model's delay only if
+/// that delivery lands before the deadline — with [`RETRY_LANDING_MARGIN`] to spare, for the
+/// Service Bus adapter's rounding of a scheduled retry up to the whole second and for the
+/// time the consumer takes to pick it up. Otherwise the student gets the `Failed` frame and
+/// the reply fails today, not an `Expired` one some seconds later. Because time-to-lives are
+/// far shorter than the bus's retry budget in time (20 minutes), such a retry never spends
+/// the budget: the request is never dead-lettered without an outcome.
+fn retry_within_ttl(
+    error: &AiError,
+    request: &TutorReplyRequest,
+    now: chrono::DateTime<Utc>,
+) -> Option<Duration> {
+    let AiError::Unavailable {
+        retry_after: Some(after),
+        ..
+    } = error
+    else {
+        return None;
+    };
+    let deadline = request.requested_at + chrono::Duration::seconds(i64::from(request.ttl_seconds));
+    let lands = now + chrono::Duration::from_std(*after + RETRY_LANDING_MARGIN).ok()?;
+    (lands < deadline).then_some(*after)
+}
+
+/// What a retried delivery may take beyond the delay asked for (see [`retry_within_ttl`]).
+const RETRY_LANDING_MARGIN: Duration = Duration::from_secs(2);
+
 /// One attempt at one request: what every step needs to know.
 struct Job<'a> {
     request: &'a TutorReplyRequest,
@@ -125,6 +158,9 @@ struct Job<'a> {
 enum Stop {
     /// Our side failed (the store, the bus): another delivery may do better.
     Retry(String),
+    /// The model is busy and said when to come back (a 429's `Retry-After`), early enough
+    /// that the next delivery still lands within the request's time-to-live.
+    RetryAfter { why: String, after: Duration },
     /// The reply fails, with the tool calls made on the way.
     Fail {
         reason: String,
@@ -246,6 +282,11 @@ impl Inner {
         match self.write(&job, &mut out).await {
             Ok(()) => Ok(()),
             Err(Stop::Retry(why)) => Err(HandlerError::Retry(why)),
+            Err(Stop::RetryAfter { why, after }) => {
+                tracing::info!(request = %request.request_id, %why, ?after,
+                    "the model is busy; the request comes back when it asked");
+                Err(HandlerError::RetryAfter { why, after })
+            }
             Err(Stop::Fail {
                 reason,
                 model,
@@ -303,6 +344,12 @@ impl Inner {
                 Ok(completion) => completion,
                 Err(error) => {
                     out.flush().await.map_err(sending("a frame"))?;
+                    if let Some(after) = retry_within_ttl(&error, request, Utc::now()) {
+                        return Err(Stop::RetryAfter {
+                            why: error.to_string(),
+                            after,
+                        });
+                    }
                     return Err(Stop::Fail {
                         reason: error.to_string(),
                         model: reply

@@ -22,6 +22,13 @@
 //!   `DeadLetterReason: "MaxDeliveryCountExceeded"`; the sub-queue is read with the same
 //!   peek-lock / settle paths. Sending to it is refused.
 //! - `GET /{queue}?api-version=..`: the management API's Atom entry with `CountDetails`.
+//! - Sessions: a message's `SessionId` (`BrokerProperties`) is kept and handed back with it,
+//!   on any queue, as on Service Bus (where a queue without sessions just carries it). A
+//!   queue named in `requires_session` (`RequiresSession`) refuses a message without a
+//!   `SessionId` (400) and refuses the REST peek-lock with 405 "It is not possible for an
+//!   entity that requires sessions to create a non-sessionful message receiver", as Service
+//!   Bus does: the REST API has no session receiver (accept-session, session lock renewal
+//!   and session state are AMQP-only), so nothing over REST can read such a queue.
 //! - Every request must carry a valid SAS token for the endpoint's key (else 401).
 //!
 //! The adapter is pointed here by [`RedirectingHttpClient`], which sends every request meant
@@ -55,6 +62,8 @@ pub struct LocalServiceBusSettings {
     pub lock_duration: Duration,
     /// The queues' `MaxDeliveryCount`.
     pub max_delivery_count: u32,
+    /// The queues created with `RequiresSession` (none by default, as in Terraform).
+    pub requires_session: Vec<String>,
 }
 
 impl Default for LocalServiceBusSettings {
@@ -62,6 +71,7 @@ impl Default for LocalServiceBusSettings {
         LocalServiceBusSettings {
             lock_duration: Duration::from_secs(30),
             max_delivery_count: 10,
+            requires_session: Vec::new(),
         }
     }
 }
@@ -71,6 +81,7 @@ pub struct LocalServiceBus {
     pub addr: SocketAddr,
     pub key: String,
     max_delivery_count: u32,
+    lock_duration: Duration,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -85,6 +96,7 @@ impl LocalServiceBus {
     pub async fn start(settings: LocalServiceBusSettings) -> Self {
         let key = format!("local-key-{}", Uuid::new_v4().simple());
         let max_delivery_count = settings.max_delivery_count;
+        let lock_duration = settings.lock_duration;
         let broker = Arc::new(Broker {
             settings,
             key: key.clone(),
@@ -103,6 +115,7 @@ impl LocalServiceBus {
             addr,
             key,
             max_delivery_count,
+            lock_duration,
             server,
         }
     }
@@ -112,6 +125,7 @@ impl LocalServiceBus {
         let mut config = ServiceBusConfig::from_connection_string(&self.connection_string())
             .expect("the local connection string parses");
         config.max_delivery_count = self.max_delivery_count;
+        config.session_lock = self.lock_duration;
         config
     }
 
@@ -316,6 +330,12 @@ async fn handle(
     };
     match operation {
         Operation::Send => broker.send(&entity, &headers, body),
+        Operation::PeekLock if broker.requires_session(&entity) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "<Error><Code>405</Code><Detail>It is not possible for an entity that requires \
+             sessions to create a non-sessionful message receiver.</Detail></Error>",
+        )
+            .into_response(),
         Operation::PeekLock => {
             let timeout = uri
                 .query()
@@ -335,6 +355,11 @@ async fn handle(
 }
 
 impl Broker {
+    /// Whether `entity` (a queue, not its dead-letter sub-queue) requires sessions.
+    fn requires_session(&self, entity: &str) -> bool {
+        self.settings.requires_session.iter().any(|q| q == entity)
+    }
+
     /// Checks the SAS token as Service Bus does: policy name, expiry and signature.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), String> {
         let raw = headers
@@ -400,6 +425,20 @@ impl Broker {
                 return (StatusCode::BAD_REQUEST, format!("BrokerProperties: {e}")).into_response()
             }
         };
+        if self.requires_session(entity)
+            && settable
+                .get("SessionId")
+                .and_then(|v| v.as_str())
+                .is_none_or(str::is_empty)
+        {
+            return (
+                StatusCode::BAD_REQUEST,
+                "The SessionId was not set on a message, and it cannot be sent to the entity. \
+                 Entities that have session support enabled can only receive messages that \
+                 have the SessionId set to a valid value.",
+            )
+                .into_response();
+        }
         let message_id = settable
             .get("MessageId")
             .and_then(|v| v.as_str())
