@@ -2,20 +2,33 @@
 # The one `teachin` image: every role (`teachin manager|accessor|engine`), the migration
 # (`teachin migrate`) and the cron commands run from it, chosen by the container's args.
 #
-# Stage 1 compiles the binary with the workspace's locked dependencies. Stage 2 ships only
-# that binary on distroless (glibc and CA certificates, no shell, no package manager) as an
+# The build is split so that a code-only change does not recompile the dependencies
+# (cargo-chef): `planner` reduces the workspace to a recipe (manifests, lockfile, crate
+# layout), `deps` compiles every dependency from the recipe alone, in a layer that stays
+# cached (GitHub's cache, build-and-push's cache-to/cache-from) until Cargo.toml/Cargo.lock
+# change; `build` then compiles only the workspace's own crates. The final stage ships only
+# the binary on distroless (glibc and CA certificates, no shell, no package manager) as an
 # unprivileged user, so the runtime image is small and has almost nothing to exploit.
 
 ARG RUST_VERSION=1.95
 
-FROM rust:${RUST_VERSION}-slim-bookworm AS build
+FROM rust:${RUST_VERSION}-slim-bookworm AS chef
+# From crates.io, pinned; the tool only reads manifests and drives cargo.
+RUN cargo install cargo-chef --version 0.1.78 --locked
 WORKDIR /src
+
+FROM chef AS planner
 COPY . .
-# Cache mounts keep the registry and target dir between builds on the same builder; the
-# binary is copied out of the cached target dir so the next stage can see it.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin teachin \
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS deps
+COPY --from=planner /src/recipe.json recipe.json
+# Dependencies only: this layer depends on recipe.json, not on the workspace's sources.
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin teachin
+
+FROM deps AS build
+COPY . .
+RUN cargo build --release --locked --bin teachin \
  && install -D -m 0755 target/release/teachin /out/teachin
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime

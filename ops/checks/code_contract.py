@@ -281,3 +281,20 @@ def sql_problems(query: str) -> list[str]:
         if w not in columns:
             problems.append(f"column {w!r} is in none of {sorted(set(referenced))}")
     return sorted(set(problems))
+
+
+AZURE_HUB_RS = ROOT / "api" / "src" / "hub" / "azure.rs"
+
+
+def signalr_service_mode() -> str | None:
+    """The Azure SignalR service mode the manager speaks: Serverless when it publishes through
+    the service's REST API (`/api/v1/hubs/...`) and never opens a server connection; Default
+    when it connects as a hub server (`/server` endpoint). None if the code has no Azure hub."""
+    if not AZURE_HUB_RS.exists():
+        return None
+    text = AZURE_HUB_RS.read_text()
+    if re.search(r"/api/v1/hubs/", text) and not re.search(r'"/server\b|\?hub=.*server', text):
+        return "Serverless"
+    if "/server" in text:
+        return "Default"
+    return None

@@ -19,11 +19,13 @@ from kubernetes_validate import utils as kv
 
 import code_contract as code
 import crd
-from common import CHART, KUBERNETES_VERSION, NAMESPACES, OUT, VALUES_FILES, Report, rel
+from common import CHART, CLUSTER_SCOPED, DEPLOY_SETS, KUBERNETES_VERSION, NAMESPACES, OUT, VALUES_FILES, Report, rel
 
 RELEASE = "teachin"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
 REDIS_KINDS = {"StatefulSet", "Service", "Secret", "PersistentVolumeClaim", "NetworkPolicy"}
+# What else the cluster's shared release (values.redis.yaml) may hold: cluster-wide objects.
+SHARED_KINDS = {"ClusterIssuer"}
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -44,11 +46,18 @@ def _construct_mapping(loader, node, deep=False):
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_values(name: str) -> dict:
-    """Overrides of one values file (values.yaml itself is the chart's defaults)."""
-    if name == "values.yaml":
-        return {}
-    return yaml.load((CHART / name).read_text(), Loader=UniqueKeyLoader) or {}
+    """Overrides of one values file (values.yaml itself is the chart's defaults), plus what the
+    deploy workflow sets on the command line (common.DEPLOY_SETS)."""
+    own = {} if name == "values.yaml" else (yaml.load((CHART / name).read_text(), Loader=UniqueKeyLoader) or {})
+    return _deep_merge(DEPLOY_SETS.get(name, {}), own)
 
 
 def _template_path(message: str) -> Path | None:
@@ -66,12 +75,16 @@ def render_all(report: Report) -> dict[str, list[tuple[Path, dict]]]:
         try:
             values = load_values(vf)
         except yaml.YAMLError as e:
-            report.fail("helm-values", vpath, f"not valid YAML: {e}")
+            report.fail("yamllint", vpath, f"not valid YAML, so not rendered: {e}")
             continue
         # helm lint (strict: warnings are failures), with this values file.
         lint = hp.lint(str(CHART), values, strict=True, namespace=NAMESPACES[vf], kube_version=f"v{KUBERNETES_VERSION}.0")
         lint_failed = False
         for m in lint.get("messages", []):
+            # Schema violations are helm-schema's to report (below), once.
+            if m["severity"] >= 2 and re.match(r"^\s*(values don't meet|- at '/)", m["error"]):
+                lint_failed = True
+                continue
             if m["severity"] >= 2:
                 lint_failed = True
                 target = _template_path(m["error"]) or (vpath if m["path"] in ("values.yaml", "templates/") else CHART / m["path"])
@@ -171,7 +184,10 @@ def check_policies(report: Report, rendered: dict[str, list[tuple[Path, dict]]])
             if key in seen:
                 fail(tpath, f"{key[0]}/{key[1]} is rendered twice")
             seen.add(key)
-            if obj["metadata"].get("namespace") != NAMESPACES[vf]:
+            if obj["kind"] in CLUSTER_SCOPED:
+                if "namespace" in obj["metadata"]:
+                    fail(tpath, f"{key[0]}/{key[1]} is cluster-scoped: no metadata.namespace")
+            elif obj["metadata"].get("namespace") != NAMESPACES[vf]:
                 fail(tpath, f"{key[0]}/{key[1]} must set metadata.namespace explicitly (the release namespace)")
 
         # Secrets a pod may reference: rendered Secrets, ExternalSecret targets (with their
@@ -312,9 +328,10 @@ def check_policies(report: Report, rendered: dict[str, list[tuple[Path, dict]]])
             if stray:
                 fail(CHART / "templates/redis.yaml", f"the application release must not own the shared Redis: {stray}")
         else:
-            extra = [f"{o['kind']}/{o['metadata']['name']}" for _, o in objects if o["kind"] not in REDIS_KINDS or "redis" not in o["metadata"]["name"]]
+            extra = [f"{o['kind']}/{o['metadata']['name']}" for _, o in objects
+                     if o["kind"] not in SHARED_KINDS and (o["kind"] not in REDIS_KINDS or "redis" not in o["metadata"]["name"])]
             if extra:
-                fail(CHART / vf, f"a Redis-only release renders non-Redis objects: {extra}")
+                fail(CHART / vf, f"the cluster's shared release renders objects of an environment: {extra}")
             if not any(o["kind"] == "StatefulSet" for _, o in objects):
                 fail(CHART / "templates/redis.yaml", "a Redis-only release renders no StatefulSet")
         if len(report.failures) == before:

@@ -7,6 +7,7 @@ one Terraform writes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,14 +19,14 @@ from yamllint import config as ylconfig
 from yamllint import linter
 
 import crd
-from common import CHART, OPS, ROOT, TERRAFORM, Report, rel
+from common import CHART, OPS, ROOT, TERRAFORM, TERRAFORM_VERSION, Report, rel
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 
 
 def yaml_files() -> list[Path]:
     files = sorted(CHART.glob("*.yaml")) + [OPS / "checkov" / "skips.yaml", OPS / ".yamllint.yaml"]
-    files += sorted(WORKFLOWS.glob("*.y*ml"))
+    files += sorted(WORKFLOWS.glob("*.y*ml")) + sorted((OPS / "platform").glob("*.yaml"))
     return [f for f in files if f.exists()]
 
 
@@ -124,7 +125,9 @@ def check_workflows(report: Report) -> None:
                 if uses and not re.search(r"@(v\d+(\.\d+)*|[0-9a-f]{40}|\d+\.\d+\.\d+)$", uses):
                     report.fail("workflows", f, f"job {job_name}: action {uses!r} is not pinned to a version")
         text = f.read_text()
-        for path in sorted(set(re.findall(r"\b((?:ops|\.ci)/[A-Za-z0-9_./-]*[A-Za-z0-9_])", text))):
+        # Not \b: a word boundary before `.ci` needs a word character in front of the dot, so
+        # `bash .ci/run` never matched. Any path start that is not inside a longer path counts.
+        for path in sorted(set(re.findall(r"(?<![\w./-])((?:ops|\.ci)/[A-Za-z0-9_./-]*[A-Za-z0-9_])", text))):
             if "$" in path or not (ROOT / path).exists():
                 # Paths built from variables are checked through the values files they name.
                 if "$" not in path:
@@ -134,36 +137,6 @@ def check_workflows(report: Report) -> None:
                 report.fail("workflows", f, f"refers to values.{vf}.yaml, which the chart does not have")
     if len(report.failures) == before:
         report.ok("workflows", f"{len(files)} workflows: triggers, permissions, pinned actions, paths")
-
-
-def check_cluster_secret_store(report: Report) -> None:
-    tpl = TERRAFORM / "modules" / "clustersecretstore" / "clustersecretstore.yaml.tftpl"
-    sample = {
-        "name": "keyvault-dev", "environment": "dev", "namespace": "dev",
-        "vault_url": "https://teachin-seo-kv.vault.azure.net/", "tenant_id": "00000000-0000-0000-0000-000000000000",
-        "service_account": "teachin-keyvault-reader",
-    }
-    text = tpl.read_text()
-    missing = sorted(set(re.findall(r"\$\{(\w+)\}", text)) - set(sample))
-    if missing:
-        report.fail("crd-schema", tpl, f"uses template variables the module does not pass: {missing}")
-        return
-    main = (tpl.parent / "main.tf").read_text()
-    for key in sample:
-        if not re.search(rf"\b{key}\s*=", main):
-            report.fail("crd-schema", tpl.parent / "main.tf", f"templatefile() does not pass {key!r}")
-    try:
-        obj = yaml.safe_load(re.sub(r"\$\{(\w+)\}", lambda m: sample[m.group(1)], text))
-    except yaml.YAMLError as e:
-        report.fail("crd-schema", tpl, f"does not render to YAML: {e}")
-        return
-    errs = crd.errors(obj)
-    if errs is None:
-        report.fail("crd-schema", tpl, f"no CRD schema for {obj.get('apiVersion')} {obj.get('kind')}")
-    for e in errs or []:
-        report.fail("crd-schema", tpl, f"{obj['kind']}/{obj['metadata']['name']}: {e}")
-    if errs == []:
-        report.ok("crd-schema", "ClusterSecretStore manifest (Terraform) valid against its CRD schema")
 
 
 def terraform_secret_names() -> set[str]:
@@ -181,10 +154,40 @@ def check_secret_contract(report: Report, remote_keys: dict[str, Path]) -> None:
         report.ok("secrets-contract", f"all {len(remote_keys)} Key Vault secrets the chart reads are written by Terraform")
 
 
+def terraform_binary() -> str | None:
+    """The terraform binary: OPS_CHECK_TERRAFORM when set (the self-test points it at nothing),
+    else the one on PATH."""
+    forced = os.environ.get("OPS_CHECK_TERRAFORM")
+    if forced is not None:
+        return forced if Path(forced).is_file() and os.access(forced, os.X_OK) else None
+    return shutil.which("terraform")
+
+
 def check_terraform_tools(report: Report) -> None:
-    tf = shutil.which("terraform")
+    tf = terraform_binary()
+    pin = TERRAFORM_VERSION
+    for wf in sorted(WORKFLOWS.glob("*.y*ml")):
+        for v in re.findall(r"terraform_version:\s*\"?([0-9.]+)", wf.read_text()):
+            if v != pin:
+                report.fail("terraform-tools", wf, f"installs terraform {v}, but the pinned version is {pin} (ops/checks/common.py TERRAFORM_VERSION)")
     if tf is None:
-        print("     terraform not installed: skipping `terraform fmt -check` and `terraform test` (the HCL checks still ran)")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            report.fail("terraform-tools", TERRAFORM, f"terraform {pin} is not installed, so `terraform fmt -check` and `terraform test` "
+                        "cannot run; CI must have it (the machine image has it at /usr/local/bin/terraform; GitHub's "
+                        "workflow installs it with hashicorp/setup-terraform)")
+            return
+        banner = "!" * 78
+        print(f"     {banner}\n     SKIPPED: terraform is not installed: `terraform fmt -check` and `terraform test` DID NOT RUN.\n"
+              f"     Install terraform {pin} to run them (CI fails without it). The HCL checks above still ran.\n     {banner}", flush=True)
+        report.skipped.append("terraform fmt -check and terraform test (no terraform)")
+        return
+    ver = subprocess.run([tf, "version", "-json"], capture_output=True, text=True)
+    try:
+        have = json.loads(ver.stdout).get("terraform_version")
+    except json.JSONDecodeError:
+        have = None
+    if have != pin:
+        report.fail("terraform-tools", TERRAFORM, f"terraform at {tf} is {have or 'unknown'}, the pinned version is {pin} (ops/checks/common.py TERRAFORM_VERSION)")
         return
     proc = subprocess.run([tf, "fmt", "-check", "-recursive", "-list=true", str(TERRAFORM)], capture_output=True, text=True, cwd=ROOT)
     unformatted = [l for l in proc.stdout.splitlines() if l.strip()]

@@ -14,9 +14,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import checkov_checks  # noqa: E402
+import deploy_checks  # noqa: E402
 import helm_checks  # noqa: E402
 import misc_checks  # noqa: E402
-from common import OPS, Report, StopCheck  # noqa: E402
+from common import OPS, VALUES_FILES, Report, StopCheck  # noqa: E402
 
 HCL_PYTHON = OPS / ".venv" / "hcl" / "bin" / "python"
 
@@ -44,18 +45,27 @@ def main() -> int:
         misc_checks.check_yaml(report)
         rendered = helm_checks.run(report)
         misc_checks.check_secret_contract(report, helm_checks.remote_keys(rendered))
-        misc_checks.check_cluster_secret_store(report)
         terraform_structure(report)
+        merged = {vf: helm_checks._merged_values(helm_checks.load_values(vf)) for vf in rendered}
+        deploy_checks.run(report, rendered, merged)
         misc_checks.check_terraform_tools(report)
         misc_checks.check_dockerfile(report)
         misc_checks.check_workflows(report)
-        checkov_checks.run(report)
+        checkov_checks.run(report, chart_rendered=set(rendered) == set(VALUES_FILES))
     except StopCheck:
         pass
+    except Exception:  # a crashed check must fail loudly, never look like a pass or a narrower failure
+        import traceback
+        trace = traceback.format_exc().strip().splitlines()
+        report.failures.append("crash")
+        print(f"FAIL [ops-check] ops/checks: crashed: {' | '.join(trace[-4:])}", flush=True)
     took = time.monotonic() - start
     if report.failures:
         print(f"\nops/check: {len(report.failures)} failure(s) in {took:.0f}s", flush=True)
         return 1
+    if report.skipped:
+        print(f"\nops/check: all checks that ran passed in {took:.0f}s; SKIPPED: {'; '.join(report.skipped)}", flush=True)
+        return 0
     print(f"\nops/check: all checks passed in {took:.0f}s", flush=True)
     return 0
 

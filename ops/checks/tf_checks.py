@@ -20,6 +20,7 @@ module under ops/terraform:
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -30,11 +31,11 @@ import hcl2  # noqa: E402  (python-hcl2 v8, from ops/.venv/hcl)
 from hcl2 import SerializationOptions  # noqa: E402
 
 import code_contract as code  # noqa: E402
-from common import KUBERNETES_VERSION, TERRAFORM, Report, StopCheck, rel  # noqa: E402
+from common import KUBERNETES_VERSION, OUT, ROOT, TERRAFORM, Report, StopCheck, rel  # noqa: E402
 
 OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
 META_ARGS = {"source", "count", "for_each", "providers", "depends_on", "version"}
-PROVIDER_PREFIXES = ("azurerm_", "random_", "kubernetes_")
+PROVIDER_PREFIXES = ("azurerm_", "random_", "kubernetes_", "postgresql_")
 # tfvars each environment must set this way (cloud architecture, "Typical Configuration").
 EXPECTED_FLAGS = {
     "terraform.tfvars.dev": {"use_shared_aks": False, "use_shared_postgres": False},
@@ -42,6 +43,23 @@ EXPECTED_FLAGS = {
     "terraform.tfvars.template": {"use_shared_aks": True, "use_shared_postgres": True},
 }
 FLAGS = ["use_shared_aks", "use_shared_postgres"]
+# Values that differ per run or are secret: never in a committed tfvars file (a -var-file
+# overrides TF_VAR_*, so a placeholder there would win over the workflow's real value). The
+# terraform workflow must pass each as TF_VAR_<name>.
+RUN_VALUES = {
+    "terraform.tfvars.dev": {"subscription_id"},
+    "terraform.tfvars.prod": {"subscription_id"},
+    "terraform.tfvars.template": {"subscription_id", "environment_name"},
+}
+SECRET_LIKE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$|^(?:sk|pk|key)[-_]|password|secret", re.I)
+TF_WORKFLOWS = [ROOT / ".github" / "workflows" / "terraform.yaml", ROOT / ".github" / "workflows" / "pr-environment.yaml"]
+# Resources holding data that must survive a bad plan: lifecycle.prevent_destroy in dev and
+# prod; dynamic environments must stay destroyable.
+STATEFUL_TYPES = {
+    "azurerm_postgresql_flexible_server", "azurerm_postgresql_flexible_server_database",
+    "azurerm_storage_account", "azurerm_key_vault", "azurerm_servicebus_namespace",
+}
+PROTECTED_ENVS = {"terraform.tfvars.dev": True, "terraform.tfvars.prod": True, "terraform.tfvars.template": False}
 
 
 class Unknown:
@@ -121,7 +139,7 @@ REF_VAR = re.compile(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)")
 REF_LOCAL = re.compile(r"\blocal\.([A-Za-z_][A-Za-z0-9_-]*)")
 REF_MODULE = re.compile(r"\bmodule\.([A-Za-z_][A-Za-z0-9_-]*)(?:\[[^\]]*\])?\.([A-Za-z_][A-Za-z0-9_-]*)")
 REF_DATA = re.compile(r"\bdata\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_-]*)")
-REF_RESOURCE = re.compile(r"(?<![\w.])((?:azurerm|random|kubernetes)_[A-Za-z0-9_]+)\.([A-Za-z_][A-Za-z0-9_-]*)")
+REF_RESOURCE = re.compile(r"(?<![\w.])((?:azurerm|random|kubernetes|postgresql)_[A-Za-z0-9_]+)\.([A-Za-z_][A-Za-z0-9_-]*)")
 
 
 def expressions(text: str) -> list[str]:
@@ -238,7 +256,7 @@ def check_tfvars(root: Module, report: Report) -> dict[str, dict]:
         for k in sorted(set(values) - set(root.variables)):
             report.fail("terraform-tfvars", path, f"sets {k!r}, which variables.tf does not declare")
         for v, (body, _) in sorted(root.variables.items()):
-            if "default" not in body and v not in values:
+            if "default" not in body and v not in values and v not in RUN_VALUES.get(name, {}):
                 report.fail("terraform-tfvars", path, f"does not set required variable {v!r}")
         for flag, expected in EXPECTED_FLAGS[name].items():
             if values.get(flag) is not expected:
@@ -502,6 +520,191 @@ def check_bus_queues(modules_by_source, report: Report) -> None:
         report.ok("terraform-bus", f"{len(wanted)} Service Bus queues as the bus uses them: duplicate detection, no sessions")
 
 
+# ----------------------------------------------------------------------------- deployability
+
+
+def _module_scope(mod: Module, variables: dict):
+    """An Evaluator over one module instance's variables and locals."""
+    resolving: dict[str, object] = {}
+
+    def resolve_local(name):
+        if name not in resolving:
+            value, _ = mod.locals[name]
+            resolving[name] = ev.value(value)
+        return resolving[name]
+
+    ev = Evaluator(variables, mod.locals, resolve_local)
+    return ev
+
+
+def instances(mod: Module, variables: dict, modules_by_source, prefix: str = ""):
+    """Every instantiated resource: (address, type, body, file, evaluator of its module)."""
+    ev = _module_scope(mod, variables)
+    out = []
+
+    def n_of(body):
+        if "count" not in body:
+            return 1
+        c = ev.value(body["count"])
+        return int(c) if isinstance(c, (int, bool)) else 0
+
+    for (rt, name), (body, f) in mod.resources.items():
+        if n_of(body):
+            out.append((f"{prefix}{rt}.{name}", rt, body, f, ev))
+    for name, (body, f) in mod.modules.items():
+        if not n_of(body):
+            continue
+        target = modules_by_source.get((mod.path / body.get("source", "")).resolve())
+        if target is None:
+            continue
+        inner = {v: (ev.value(body[v]) if v in body else vb.get("default")) for v, (vb, _) in target.variables.items()}
+        out += instances(target, inner, modules_by_source, f"{prefix}module.{name}.")
+    return out
+
+
+def _lifecycle(body) -> dict:
+    lc = body.get("lifecycle") or {}
+    if isinstance(lc, list):
+        lc = lc[0] if lc else {}
+    return lc
+
+
+def check_deployability(root: Module, modules_by_source, tfvars: dict[str, dict], report: Report) -> dict:
+    """Rules about what a first `terraform apply` meets, and the facts ops/checks/deploy_checks.py
+    compares with the chart and the workflows (written to ops/.out/terraform-facts.json)."""
+    facts: dict = {"environments": {}}
+    before = len(report.failures)
+
+    # tfvars-run-values: no per-run or secret value in a committed tfvars file.
+    wf_text = "\n".join(f.read_text() for f in TF_WORKFLOWS if f.exists())
+    for name, values in sorted(tfvars.items()):
+        path = TERRAFORM / name
+        env = name.rsplit(".", 1)[1]
+        for k in sorted(RUN_VALUES.get(name, set())):
+            if k in values:
+                report.fail("tfvars-run-values", path, f"sets {k!r}, which the workflow passes as TF_VAR_{k}: a -var-file overrides TF_VAR_*, "
+                            "so this committed value would win (keep per-run values and secrets out of tfvars)")
+            elif f"TF_VAR_{k}" not in wf_text:
+                report.fail("tfvars-run-values", TF_WORKFLOWS[0], f"never sets TF_VAR_{k}, which {name} leaves to the workflow")
+        for k, v in sorted(values.items()):
+            if isinstance(v, str) and SECRET_LIKE.search(v):
+                report.fail("tfvars-run-values", path, f"{k} = {v!r} looks like an id or a secret: pass it as TF_VAR_{k}")
+        if env in ("dev", "prod") and values.get("environment_name", env) != env:
+            report.fail("tfvars-run-values", path, f"environment_name {values.get('environment_name')!r} is not {env!r}, the environment this file is for")
+
+    # crd-at-plan: a kubernetes_manifest needs its kind's CRD (and the cluster) at plan time.
+    for d, mod in modules_by_source.items():
+        for (rt, name), (body, f) in mod.resources.items():
+            if rt == "kubernetes_manifest":
+                report.fail("crd-at-plan", f, f"kubernetes_manifest.{name}: needs the cluster and its kind's CRD at *plan* time, before the "
+                            "cluster or the operator that installs the CRD exist, so a fresh environment cannot plan; let the Helm chart make it")
+
+    # signalr-mode: the service mode the manager speaks.
+    code_mode = code.signalr_service_mode()
+    signalr_blocks = [(n, b, f) for mod in modules_by_source.values() for (rt, n), (b, f) in mod.resources.items() if rt == "azurerm_signalr_service"]
+    for n, b, f in signalr_blocks:
+        mode = b.get("service_mode", "Default")
+        if code_mode and mode != code_mode:
+            report.fail("signalr-mode", f, f"azurerm_signalr_service.{n}: service_mode {mode!r}, but the manager speaks {code_mode} "
+                        f"({rel(code.AZURE_HUB_RS)}: REST publish and a negotiate redirect, no hub server connection)")
+
+    # appinsights-rules: smart-detection rules Azure adds outside the state block `destroy`.
+    has_ai = any(rt == "azurerm_application_insights" for mod in modules_by_source.values() for (rt, _n) in mod.resources)
+    if has_ai:
+        disabled = False
+        for kind, block, f in root.other:
+            if kind != "provider" or "azurerm" not in block:
+                continue
+            features = block["azurerm"].get("features") or {}
+            features = features[0] if isinstance(features, list) and features else features
+            ai = (features or {}).get("application_insights") or {}
+            ai = ai[0] if isinstance(ai, list) and ai else ai
+            disabled = ai.get("disable_generated_rule") is True
+        if not disabled:
+            report.fail("appinsights-rules", TERRAFORM / "providers.tf", "the azurerm provider must set features.application_insights.disable_generated_rule = true: "
+                        "the smart-detection rules Azure adds to each component are not in the state and make `terraform destroy` of the resource group fail")
+
+    # pg-app-role: the application connects as its own role, which cannot create roles.
+    secrets = (TERRAFORM / "secrets.tf").read_text()
+    m = re.search(r'"postgres-connection-string"\s*=\s*module\.(\w+)\.(\w+)', secrets)
+    if not m:
+        report.fail("pg-app-role", TERRAFORM / "secrets.tf", "postgres-connection-string must be a module output (the environment role's URL)")
+    else:
+        call = root.modules.get(m.group(1))
+        target = modules_by_source.get((TERRAFORM / call[0].get("source", "")).resolve()) if call else None
+        out = target.outputs.get(m.group(2)) if target else None
+        if out is None:
+            report.fail("pg-app-role", TERRAFORM / "secrets.tf", f"postgres-connection-string: module.{m.group(1)}.{m.group(2)} not found")
+        else:
+            value = json.dumps(out[0].get("value", ""))
+            if re.search(r"admin", value, re.I):
+                report.fail("pg-app-role", out[1], f"output {m.group(2)} (postgres-connection-string) connects with the admin login: "
+                            "the application must connect as the environment's own role")
+            if "var.role_name" not in value:
+                report.fail("pg-app-role", out[1], f"output {m.group(2)} (postgres-connection-string) does not log in as the environment's role (var.role_name)")
+            scripts = sorted(target.path.glob("*.sql"))
+            sql = "\n".join(re.sub(r"--[^\n]*", "", f.read_text()) for f in scripts)
+            where = scripts[0] if scripts else target.path / "main.tf"
+            if not re.search(r"CREATE ROLE", sql):
+                report.fail("pg-app-role", where, "no SQL script of the module creates the environment's role")
+            for attr in ("CREATEROLE", "CREATEDB", "SUPERUSER", "REPLICATION", "BYPASSRLS"):
+                for stmt in re.findall(r"(?:CREATE|ALTER) ROLE[^;\n]*", sql):
+                    if re.search(rf"(?<!NO){attr}\b", stmt):
+                        report.fail("pg-app-role", where, f"the application's role gets {attr} ({stmt.strip()[:80]}): it may not create roles or databases")
+                if re.search(rf"(?:CREATE|ALTER) ROLE[^;\n]*", sql) and attr in ("CREATEROLE", "CREATEDB") and not re.search(rf"CREATE ROLE[^;\n]*\bNO{attr}\b", sql):
+                    report.fail("pg-app-role", where, f"CREATE ROLE must say NO{attr} explicitly")
+            if not re.search(r"REVOKE\s+CONNECT[^;\n]*FROM\s+PUBLIC", sql, re.I):
+                report.fail("pg-app-role", where, "CONNECT on the environment's database must be revoked from PUBLIC, or every role on the shared server can connect to it")
+
+    # prevent-destroy, and the facts for the cross-checks, per environment.
+    for name, values in sorted(tfvars.items()):
+        insts = instances(root, root_values(root, values), modules_by_source)
+        want = PROTECTED_ENVS.get(name)
+        for addr, rt, body, f, ev in insts:
+            if rt not in STATEFUL_TYPES or want is None:
+                continue
+            protected = _lifecycle(body).get("prevent_destroy") is True
+            # A protected sibling block of the same type means the environment's flag chose wrong.
+            siblings = [b for mod in modules_by_source.values() if f.parent == mod.path
+                        for (rt2, _n), (b, _f) in mod.resources.items() if rt2 == rt]
+            has_protected = any(_lifecycle(b).get("prevent_destroy") is True for b in siblings)
+            if want and not protected:
+                report.fail("prevent-destroy", TERRAFORM / name if has_protected else f,
+                            f"{addr} holds data but has no lifecycle.prevent_destroy = true in {name}"
+                            + (" (protect_stateful_resources must be true)" if has_protected else ""))
+            if not want and protected:
+                report.fail("prevent-destroy", TERRAFORM / name, f"{addr} has prevent_destroy in {name}: a dynamic environment must be "
+                            "destroyable when its pull request closes (protect_stateful_resources = false)")
+        env = {"signalr": [], "pools": [], "acr_pull": 0, "registry": None}
+        for addr, rt, body, f, ev in insts:
+            if rt == "azurerm_signalr_service":
+                env["signalr"].append({"address": addr, "file": str(f), "mode": body.get("service_mode")})
+            if rt == "azurerm_kubernetes_cluster":
+                dnp = body.get("default_node_pool") or {}
+                dnp = dnp[0] if isinstance(dnp, list) else dnp
+                crit = ev.value(dnp.get("only_critical_addons_enabled", False))
+                env["pools"].append({"name": ev.value(dnp.get("name")), "file": str(f),
+                                     "taints": ["CriticalAddonsOnly=true:NoSchedule"] if crit is True else [],
+                                     "unknown": not isinstance(crit, bool)})
+            if rt == "azurerm_kubernetes_cluster_node_pool":
+                taints = ev.value(body.get("node_taints", []))
+                env["pools"].append({"name": ev.value(body.get("name")), "file": str(f),
+                                     "taints": taints if isinstance(taints, list) else [], "unknown": not isinstance(taints, list)})
+            if rt == "azurerm_role_assignment" and body.get("role_definition_name") == "AcrPull" and "kubelet" in json.dumps(body.get("principal_id", "")):
+                env["acr_pull"] += 1
+            if rt == "azurerm_container_registry":
+                env["registry"] = f"{ev.value(body.get('name')) if not isinstance(ev.value(body.get('name')), Unknown) else values.get('container_registry_name')}.azurecr.io"
+        if env["registry"] is None:
+            reg_var = root_values(root, values).get("container_registry_name")
+            if any(rt == "azurerm_container_registry" for (rt, _n) in root.data) and reg_var:
+                env["registry"] = f"{reg_var}.azurecr.io"
+        env["shares_cluster"] = bool(root_values(root, values).get("use_shared_aks"))
+        facts["environments"][name] = env
+    if len(report.failures) == before:
+        report.ok("terraform-deploy", "tfvars free of per-run values; no CRD at plan; SignalR mode; smart-detection rules; app role; prevent_destroy")
+    return facts
+
+
 def run(report: Report) -> None:
     dirs = [TERRAFORM] + sorted(p for p in (TERRAFORM / "modules").iterdir() if p.is_dir())
     modules_by_source = {d.resolve(): Module(d, report) for d in dirs}
@@ -517,6 +720,9 @@ def run(report: Report) -> None:
     tfvars = check_tfvars(root, report)
     check_flags(root, modules_by_source, tfvars, report)
     check_bus_queues(modules_by_source, report)
+    facts = check_deployability(root, modules_by_source, tfvars, report)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "terraform-facts.json").write_text(json.dumps(facts, indent=1, default=str))
     report.ok("terraform", f"{len(dirs)} directories parsed; references, inputs and tfvars checked")
 
 

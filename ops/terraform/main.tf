@@ -54,6 +54,7 @@ module "aks" {
   sku_tier                        = var.aks_sku_tier
   zones                           = var.availability_zones
   system_node_vm_size             = var.aks_system_node_vm_size
+  system_pool_critical_only       = var.aks_system_pool_critical_only
   system_node_min_count           = 1
   system_node_max_count           = 3
   user_node_vm_size               = var.aks_user_node_vm_size
@@ -63,6 +64,43 @@ module "aks" {
   api_server_authorized_ip_ranges = var.aks_api_server_authorized_ip_ranges
   log_analytics_workspace_id      = module.log_analytics.id
   tags                            = local.tags
+}
+
+# ---------------------------------------------------------------- container registry
+
+# One registry for every environment (build-and-push pushes teachin:<sha> once; dev, dynamic
+# environments and prod deploy the same image). dev owns it and is applied first; the others
+# read it. Every cluster's kubelet identity may pull from it (AcrPull), nothing more.
+module "container_registry" {
+  count  = var.create_container_registry ? 1 : 0
+  source = "./modules/container_registry"
+
+  name                = var.container_registry_name
+  location            = var.location
+  resource_group_name = azurerm_resource_group.env.name
+  tags                = local.tags
+}
+
+data "azurerm_container_registry" "shared" {
+  count = var.create_container_registry ? 0 : 1
+
+  name                = var.container_registry_name
+  resource_group_name = module.naming_shared.resource_group_name
+}
+
+locals {
+  container_registry_id = var.create_container_registry ? module.container_registry[0].id : data.azurerm_container_registry.shared[0].id
+}
+
+# A cluster this environment owns pulls the image with its kubelet identity (dynamic
+# environments run on dev's cluster, which has it already).
+resource "azurerm_role_assignment" "kubelet_acr_pull" {
+  count = var.use_shared_aks ? 0 : 1
+
+  scope                            = local.container_registry_id
+  role_definition_name             = "AcrPull"
+  principal_id                     = module.aks[0].kubelet_object_id
+  skip_service_principal_aad_check = true
 }
 
 data "azurerm_kubernetes_cluster" "shared" {
@@ -102,23 +140,10 @@ locals {
 
 # ---------------------------------------------------------------- PostgreSQL: own or shared
 
-# The shared server's admin password, kept in the master environment's Key Vault.
-data "azurerm_key_vault" "shared" {
-  count = var.use_shared_postgres ? 1 : 0
-
-  name                = module.naming_shared.key_vault_name
-  resource_group_name = module.naming_shared.resource_group_name
-}
-
-data "azurerm_key_vault_secret" "shared_postgres_admin_password" {
-  count = var.use_shared_postgres ? 1 : 0
-
-  name         = "postgres-admin-password"
-  key_vault_id = data.azurerm_key_vault.shared[0].id
-}
-
 module "postgresql" {
   source = "./modules/postgresql"
+
+  protect = var.protect_stateful_resources
 
   create_server         = !var.use_shared_postgres
   server_name           = var.use_shared_postgres ? module.naming_shared.postgres_server_name : module.naming.postgres_server_name
@@ -128,13 +153,42 @@ module "postgresql" {
   sku_name              = var.postgres_sku_name
   storage_mb            = var.postgres_storage_mb
   admin_login           = var.postgres_admin_login
-  shared_admin_password = var.use_shared_postgres ? data.azurerm_key_vault_secret.shared_postgres_admin_password[0].value : ""
   backup_retention_days = var.postgres_backup_retention_days
   geo_redundant_backup  = var.postgres_geo_redundant_backup
   high_availability     = var.postgres_high_availability
   allowed_ip_addresses  = [local.aks.egress_ip]
   database_name         = var.environment_name
   tags                  = local.tags
+}
+
+# What the application connects as: the environment's own role, never the admin login.
+module "database_role" {
+  source = "./modules/database_role"
+
+  role_name         = "${replace(var.environment_name, "-", "_")}_app"
+  database_name     = module.postgresql.database_name
+  host              = module.postgresql.fqdn
+  connection_limit  = var.postgres_role_connection_limit
+  admin_namespace   = module.k8s_manifests.db_admin_namespace
+  admin_secret_name = "postgres-admin"
+  psql_image        = "docker.io/library/postgres:17-alpine"
+
+  depends_on = [kubernetes_secret_v1.postgres_admin]
+}
+
+# The server's owner puts its admin credentials where the role Jobs of every environment on
+# its cluster read them: the db-admin namespace, which no application release uses.
+resource "kubernetes_secret_v1" "postgres_admin" {
+  count = var.use_shared_postgres ? 0 : 1
+
+  metadata {
+    name      = "postgres-admin"
+    namespace = module.k8s_manifests.db_admin_namespace
+  }
+  data = {
+    username = var.postgres_admin_login
+    password = module.postgresql.admin_password
+  }
 }
 
 # ---------------------------------------------------------------- per-environment services
@@ -144,6 +198,8 @@ module "postgresql" {
 # may still be waiting (the TTL).
 module "servicebus" {
   source = "./modules/servicebus"
+
+  protect = var.protect_stateful_resources
 
   name                               = module.naming.servicebus_namespace_name
   location                           = var.location
@@ -157,7 +213,11 @@ module "servicebus" {
   tags                               = local.tags
 }
 
+# Only where the chart runs the manager with Azure SignalR (values.<env>.yaml
+# azureSignalR.enabled; ops/check compares the two): dev and dynamic environments serve the
+# hub from the manager itself and would never use the service.
 module "signalr" {
+  count  = var.enable_azure_signalr ? 1 : 0
   source = "./modules/signalr"
 
   name                = module.naming.signalr_name
@@ -171,6 +231,8 @@ module "signalr" {
 
 module "storage" {
   source = "./modules/storage"
+
+  protect = var.protect_stateful_resources
 
   name                = module.naming.storage_account_name
   location            = var.location
@@ -233,13 +295,10 @@ module "k8s_manifests" {
 module "clustersecretstore" {
   source = "./modules/clustersecretstore"
 
-  name                 = module.naming.cluster_secret_store_name
   identity_name        = module.naming.eso_identity_name
   location             = var.location
   resource_group_name  = azurerm_resource_group.env.name
   key_vault_id         = module.keyvault.id
-  key_vault_uri        = module.keyvault.vault_uri
-  tenant_id            = module.keyvault.tenant_id
   oidc_issuer_url      = local.aks.oidc_issuer_url
   namespace            = module.k8s_manifests.namespace
   service_account_name = "teachin-keyvault-reader"

@@ -39,8 +39,8 @@ output "servicebus_queues" {
 }
 
 output "signalr_hostname" {
-  description = "Azure SignalR host."
-  value       = module.signalr.hostname
+  description = "Azure SignalR host (empty where the manager serves its own hub)."
+  value       = var.enable_azure_signalr ? module.signalr[0].hostname : ""
 }
 
 output "storage_account_name" {
@@ -59,11 +59,21 @@ output "key_vault_secret_names" {
 }
 
 output "cluster_secret_store" {
-  description = "ClusterSecretStore for the chart's externalSecrets.secretStoreRef.name."
-  value       = module.clustersecretstore.name
+  description = "ClusterSecretStore name for the chart's externalSecrets.secretStoreRef.name (the chart creates it)."
+  value       = module.naming.cluster_secret_store_name
+}
+
+output "eso_identity_client_id" {
+  description = "The chart's externalSecrets.store.identityClientId."
+  value       = module.clustersecretstore.identity_client_id
 }
 
 output "frontend_hosts" {
   description = "Host name of each portal."
   value       = module.frontend.default_host_names
+}
+
+output "container_registry_login_server" {
+  description = "Registry the image is pushed to and pulled from."
+  value       = "${var.container_registry_name}.azurecr.io"
 }

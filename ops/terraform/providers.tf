@@ -32,6 +32,12 @@ provider "azurerm" {
       purge_soft_delete_on_destroy    = false
       recover_soft_deleted_key_vaults = true
     }
+    application_insights {
+      # Azure adds "Failure Anomalies" smart-detection alert rules to every component, outside
+      # Terraform's state; with prevent_deletion_if_contains_resources they would make
+      # `terraform destroy` of a dynamic environment's resource group fail.
+      disable_generated_rule = true
+    }
     resource_group {
       prevent_deletion_if_contains_resources = true
     }
@@ -45,3 +51,4 @@ provider "kubernetes" {
   client_key             = base64decode(local.aks.client_key)
   cluster_ca_certificate = base64decode(local.aks.cluster_ca_certificate)
 }
+

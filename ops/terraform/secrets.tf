@@ -21,10 +21,10 @@ resource "random_password" "jwt_refresh_token_hash_key" {
 locals {
   key_vault_secrets = merge(
     {
-      "postgres-connection-string"             = module.postgresql.connection_url
+      "postgres-connection-string"             = module.database_role.connection_url
       "servicebus-connection-string"           = module.servicebus.connection_string
       "servicebus-keda-connection-string"      = module.servicebus.keda_connection_string
-      "signalr-connection-string"              = module.signalr.connection_string
+      "servicebus-stats-connection-string"     = module.servicebus.stats_connection_string
       "avatars-storage-connection-string"      = module.storage.connection_string
       "teachin-lookup-hash-key"                = random_password.lookup_hash_key.result
       "jwt-secret"                             = random_password.jwt_secret.result
@@ -40,6 +40,9 @@ locals {
     var.use_shared_postgres ? {} : {
       "postgres-admin-password" = module.postgresql.admin_password
     },
+    var.enable_azure_signalr ? {
+      "signalr-connection-string" = module.signalr[0].connection_string
+    } : {},
     length(module.redis) > 0 ? {
       "redis-connection-string" = module.redis[0].connection_string
     } : {},
@@ -48,6 +51,8 @@ locals {
 
 module "keyvault" {
   source = "./modules/keyvault"
+
+  protect = var.protect_stateful_resources
 
   name                     = module.naming.key_vault_name
   location                 = var.location

@@ -423,3 +423,50 @@ variable "tags" {
     error_message = "Azure tag names are at most 512 characters and values at most 256."
   }
 }
+
+variable "enable_azure_signalr" {
+  description = "Create Azure SignalR Service (Serverless mode) for this environment. Must match the chart's azureSignalR.enabled in the environment's values file: environments whose manager serves its own hub (local-hub mode) do not pay for an unused service."
+  type        = bool
+  default     = false
+}
+
+variable "protect_stateful_resources" {
+  description = "Create the stateful resources (database, storage account, Key Vault, Service Bus namespace) with lifecycle.prevent_destroy: true for dev and prod, false for dynamic environments, which are destroyed when their pull request closes."
+  type        = bool
+  default     = true
+}
+
+variable "aks_system_pool_critical_only" {
+  description = "Taint the system pool CriticalAddonsOnly. Only where a regular (untainted) user pool exists for the platform charts and Redis, which tolerate nothing: prod. Dev's only user pool is spot (tainted), so its system pool must take them."
+  type        = bool
+  default     = true
+}
+
+
+variable "container_registry_name" {
+  description = "Azure Container Registry the image is pushed to and every cluster pulls from (build-and-push's REGISTRY, the chart's image.repository host)."
+  type        = string
+  default     = "teachinacr"
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9]{5,50}$", var.container_registry_name))
+    error_message = "container_registry_name must be 5-50 letters and digits."
+  }
+}
+
+variable "create_container_registry" {
+  description = "This environment owns the registry (dev, applied first); the others read it with a data source and grant their kubelet AcrPull on it."
+  type        = bool
+  default     = false
+}
+
+variable "postgres_role_connection_limit" {
+  description = "Connections the environment's role may hold on the (possibly shared) server: every replica's pool (config.dbMaxConnections), the jobs and KEDA's scaler."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.postgres_role_connection_limit >= 10
+    error_message = "postgres_role_connection_limit must be at least 10."
+  }
+}

@@ -1,7 +1,9 @@
 # The environment's own AKS cluster (dev and prod; dynamic environments use dev's through
 # data sources in the root). A static egress IP makes the cluster's outbound address known,
-# so the PostgreSQL firewall can allow exactly it. A small system pool runs only cluster
-# add-ons; workloads go to an autoscaling user pool, on spot VMs outside prod.
+# so the PostgreSQL firewall can allow exactly it. Workloads go to an autoscaling user pool,
+# on spot VMs (tainted) outside prod. Where that pool is spot, the system pool is left
+# untainted (system_pool_critical_only = false) so the platform charts and Redis, which
+# tolerate nothing, have somewhere to run; in prod it runs only cluster add-ons.
 
 resource "azurerm_public_ip" "egress" {
   name                = var.egress_ip_name
@@ -37,7 +39,7 @@ resource "azurerm_kubernetes_cluster" "this" {
     auto_scaling_enabled         = true
     min_count                    = var.system_node_min_count
     max_count                    = var.system_node_max_count
-    only_critical_addons_enabled = true
+    only_critical_addons_enabled = var.system_pool_critical_only
     zones                        = var.zones
     max_pods                     = 50
     temporary_name_for_rotation  = "systemtmp"

@@ -41,3 +41,8 @@ output "egress_ip_address" {
   description = "The cluster's outbound IP address."
   value       = azurerm_public_ip.egress.ip_address
 }
+
+output "kubelet_object_id" {
+  description = "Object id of the kubelet identity, which pulls images (granted AcrPull on the registry)."
+  value       = azurerm_kubernetes_cluster.this.kubelet_identity[0].object_id
+}

@@ -92,3 +92,8 @@ variable "tags" {
   description = "Tags applied to every resource."
   type        = map(string)
 }
+
+variable "system_pool_critical_only" {
+  description = "Taint the system pool CriticalAddonsOnly (only where an untainted user pool takes everything else)."
+  type        = bool
+}

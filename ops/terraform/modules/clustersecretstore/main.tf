@@ -1,6 +1,9 @@
 # How Kubernetes gets the environment's secrets: a managed identity that may only read this
 # environment's Key Vault, federated (workload identity) with a service account in the
-# environment's namespace, and a ClusterSecretStore (External Secrets Operator) using it.
+# environment's namespace. The service account and the ClusterSecretStore using it are made by
+# the Helm chart (templates/secretstore.yaml), not here: a ClusterSecretStore is a custom
+# resource, and a `kubernetes_manifest` of it needs the External Secrets CRDs at *plan* time,
+# before the cluster (or the operator) exists, so a fresh environment could never plan.
 # One store per environment, so environments sharing dev's cluster never read each other's
 # vault.
 
@@ -24,29 +27,4 @@ resource "azurerm_federated_identity_credential" "eso" {
   audience            = ["api://AzureADTokenExchange"]
   issuer              = var.oidc_issuer_url
   subject             = "system:serviceaccount:${var.namespace}:${var.service_account_name}"
-}
-
-resource "kubernetes_service_account_v1" "reader" {
-  metadata {
-    name      = var.service_account_name
-    namespace = var.namespace
-    annotations = {
-      "azure.workload.identity/client-id" = azurerm_user_assigned_identity.eso.client_id
-      "azure.workload.identity/tenant-id" = var.tenant_id
-    }
-  }
-  automount_service_account_token = false
-}
-
-resource "kubernetes_manifest" "store" {
-  manifest = yamldecode(templatefile("${path.module}/clustersecretstore.yaml.tftpl", {
-    name            = var.name
-    environment     = var.namespace
-    namespace       = var.namespace
-    vault_url       = var.key_vault_uri
-    tenant_id       = var.tenant_id
-    service_account = kubernetes_service_account_v1.reader.metadata[0].name
-  }))
-
-  depends_on = [azurerm_role_assignment.eso_reads_secrets, azurerm_federated_identity_credential.eso]
 }

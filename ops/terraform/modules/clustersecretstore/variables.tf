@@ -1,8 +1,3 @@
-variable "name" {
-  description = "ClusterSecretStore name (keyvault-{env}); the chart's externalSecrets.secretStoreRef.name."
-  type        = string
-}
-
 variable "identity_name" {
   description = "Name of the managed identity External Secrets uses for this environment."
   type        = string
@@ -23,15 +18,7 @@ variable "key_vault_id" {
   type        = string
 }
 
-variable "key_vault_uri" {
-  description = "The vault's URI."
-  type        = string
-}
 
-variable "tenant_id" {
-  description = "Entra tenant of the vault and identity."
-  type        = string
-}
 
 variable "oidc_issuer_url" {
   description = "The cluster's OIDC issuer (federation)."

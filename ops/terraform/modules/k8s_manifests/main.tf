@@ -23,6 +23,20 @@ resource "kubernetes_namespace_v1" "redis" {
   }
 }
 
+# Where the PostgreSQL server's admin credentials live on the cluster that owns the server,
+# and where each environment's role Job runs (modules/database_role). Nothing else runs
+# there; dynamic environments only create their own Job and Secret in it.
+resource "kubernetes_namespace_v1" "db_admin" {
+  count = var.manage_shared_namespaces ? 1 : 0
+
+  metadata {
+    name = "db-admin"
+    labels = {
+      "teachin.io/shared" = "true"
+    }
+  }
+}
+
 # Defaults for any container that forgets its own requests and limits.
 resource "kubernetes_limit_range_v1" "defaults" {
   metadata {

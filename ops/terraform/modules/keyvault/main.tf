@@ -5,7 +5,37 @@
 
 data "azurerm_client_config" "current" {}
 
-resource "azurerm_key_vault" "this" {
+# Two blocks of one resource: prevent_destroy must be a literal, so dev and prod (protect =
+# true) get the protected one and dynamic environments, destroyed when their pull request
+# closes, the other. ops/check verifies which one each environment instantiates.
+resource "azurerm_key_vault" "protected" {
+  count = var.protect ? 1 : 0
+
+  name                          = var.name
+  location                      = var.location
+  resource_group_name           = var.resource_group_name
+  tenant_id                     = data.azurerm_client_config.current.tenant_id
+  sku_name                      = "standard"
+  enable_rbac_authorization     = true
+  purge_protection_enabled      = var.purge_protection_enabled
+  soft_delete_retention_days    = 90
+  public_network_access_enabled = true
+
+  network_acls {
+    default_action = "Allow"
+    bypass         = "AzureServices"
+  }
+
+  tags = var.tags
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "azurerm_key_vault" "disposable" {
+  count = var.protect ? 0 : 1
+
   name                          = var.name
   location                      = var.location
   resource_group_name           = var.resource_group_name
@@ -24,8 +54,12 @@ resource "azurerm_key_vault" "this" {
   tags = var.tags
 }
 
+locals {
+  vault = var.protect ? azurerm_key_vault.protected[0] : azurerm_key_vault.disposable[0]
+}
+
 resource "azurerm_role_assignment" "deployer" {
-  scope                = azurerm_key_vault.this.id
+  scope                = local.vault.id
   role_definition_name = "Key Vault Secrets Officer"
   principal_id         = data.azurerm_client_config.current.object_id
 }
@@ -36,7 +70,7 @@ resource "azurerm_key_vault_secret" "this" {
 
   name         = each.key
   value        = var.secrets[each.key]
-  key_vault_id = azurerm_key_vault.this.id
+  key_vault_id = local.vault.id
   content_type = "text/plain"
 
   depends_on = [azurerm_role_assignment.deployer]

@@ -1,16 +1,16 @@
 output "id" {
   description = "Key Vault resource id."
-  value       = azurerm_key_vault.this.id
+  value       = local.vault.id
 }
 
 output "vault_uri" {
   description = "Key Vault URI, for the ClusterSecretStore."
-  value       = azurerm_key_vault.this.vault_uri
+  value       = local.vault.vault_uri
 }
 
 output "tenant_id" {
   description = "Tenant the vault authenticates against."
-  value       = azurerm_key_vault.this.tenant_id
+  value       = local.vault.tenant_id
 }
 
 output "secret_names" {

@@ -46,6 +46,8 @@ resource "azurerm_postgresql_flexible_server" "this" {
   }
 
   lifecycle {
+    # Only dev and prod own a server; it holds every environment's database.
+    prevent_destroy = true
     # Azure may swap primary and standby zones on failover; that is not drift to undo.
     ignore_changes = [zone, high_availability[0].standby_availability_zone]
   }
@@ -73,12 +75,34 @@ locals {
   server_id      = var.create_server ? azurerm_postgresql_flexible_server.this[0].id : data.azurerm_postgresql_flexible_server.shared[0].id
   fqdn           = var.create_server ? azurerm_postgresql_flexible_server.this[0].fqdn : data.azurerm_postgresql_flexible_server.shared[0].fqdn
   admin_login    = var.create_server ? var.admin_login : data.azurerm_postgresql_flexible_server.shared[0].administrator_login
-  admin_password = var.create_server ? random_password.admin[0].result : var.shared_admin_password
+  admin_password = var.create_server ? random_password.admin[0].result : ""
 }
 
-resource "azurerm_postgresql_flexible_server_database" "env" {
+# Two blocks of one resource: prevent_destroy must be a literal, so dev and prod (protect =
+# true) get the protected one and dynamic environments, destroyed when their pull request
+# closes, the other. ops/check verifies which one each environment instantiates.
+resource "azurerm_postgresql_flexible_server_database" "protected" {
+  count = var.protect ? 1 : 0
+
   name      = var.database_name
   server_id = local.server_id
   charset   = "UTF8"
   collation = "en_US.utf8"
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "azurerm_postgresql_flexible_server_database" "disposable" {
+  count = var.protect ? 0 : 1
+
+  name      = var.database_name
+  server_id = local.server_id
+  charset   = "UTF8"
+  collation = "en_US.utf8"
+}
+
+locals {
+  database = var.protect ? azurerm_postgresql_flexible_server_database.protected[0] : azurerm_postgresql_flexible_server_database.disposable[0]
 }

@@ -10,17 +10,16 @@ output "fqdn" {
 
 output "database_name" {
   description = "This environment's database."
-  value       = azurerm_postgresql_flexible_server_database.env.name
+  value       = local.database.name
 }
 
 output "admin_password" {
-  description = "Administrator password (generated here or the shared one)."
+  description = "Administrator password of a server this environment owns (empty when sharing): kept in its Key Vault and in the cluster's db-admin namespace, for the role Job only."
   value       = local.admin_password
   sensitive   = true
 }
 
-output "connection_url" {
-  description = "postgres:// URL of this environment's database, TLS required (ConnectionStrings__Postgres; KEDA's postgresql scaler reads the same)."
-  value       = "postgres://${local.admin_login}:${urlencode(local.admin_password)}@${local.fqdn}:5432/${azurerm_postgresql_flexible_server_database.env.name}?sslmode=require"
-  sensitive   = true
+output "admin_login" {
+  description = "Administrator login, for the postgresql provider only (never in an application connection string)."
+  value       = local.admin_login
 }

@@ -43,11 +43,6 @@ variable "admin_login" {
   type        = string
 }
 
-variable "shared_admin_password" {
-  description = "Administrator password of the shared server (read from the shared environment's Key Vault); unused when create_server is true."
-  type        = string
-  sensitive   = true
-}
 
 variable "backup_retention_days" {
   description = "Point-in-time restore window in days."
@@ -78,3 +73,9 @@ variable "tags" {
   description = "Tags applied to every resource."
   type        = map(string)
 }
+
+variable "protect" {
+  description = "Create the stateful resource with lifecycle.prevent_destroy (dev, prod); false for dynamic environments, which are destroyed."
+  type        = bool
+}
+

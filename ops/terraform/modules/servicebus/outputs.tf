@@ -1,6 +1,6 @@
 output "namespace_name" {
   description = "Service Bus namespace name."
-  value       = azurerm_servicebus_namespace.this.name
+  value       = local.namespace.name
 }
 
 output "queue_names" {
@@ -17,5 +17,11 @@ output "connection_string" {
 output "keda_connection_string" {
   description = "Manage connection string for KEDA's azure-servicebus scaler."
   value       = azurerm_servicebus_namespace_authorization_rule.keda.primary_connection_string
+  sensitive   = true
+}
+
+output "stats_connection_string" {
+  description = "Manage connection string for reading queue statistics (ServiceBus__StatsConnectionString)."
+  value       = azurerm_servicebus_namespace_authorization_rule.stats.primary_connection_string
   sensitive   = true
 }

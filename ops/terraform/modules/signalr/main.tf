@@ -12,8 +12,11 @@ resource "azurerm_signalr_service" "this" {
     capacity = var.capacity
   }
 
-  # Default mode: the manager is the hub server the service talks to.
-  service_mode                  = "Default"
+  # Serverless: what the manager speaks (api/src/hub/azure.rs). It publishes through the
+  # service's REST API and answers negotiate with a redirect and an access token; it never
+  # holds a server connection to the service, which Default mode would require (with no hub
+  # server connected, Default mode refuses the clients). ops/check reads the mode from the code.
+  service_mode                  = "Serverless"
   connectivity_logs_enabled     = true
   messaging_logs_enabled        = false
   public_network_access_enabled = true
