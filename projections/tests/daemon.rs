@@ -21,6 +21,9 @@ use teachin_projections::read_models::GameConfigs;
 use teachin_projections::{rebuild, ApplyContext, ApplyError, LoggedEvent, Projection};
 use tokio::sync::watch;
 
+mod support;
+use support::ApplicationCounter;
+
 fn bus(db: &TestDatabase) -> CommandBus {
     command_bus(
         db.pool.clone(),
@@ -109,50 +112,13 @@ async fn catches_up_from_zero_then_follows_new_commits() {
     daemon.await.unwrap();
 }
 
-/// Counts how many times each event is applied: exactly-once means every count is 1.
-struct ApplicationCounter;
-
-#[async_trait]
-impl Projection for ApplicationCounter {
-    fn name(&self) -> &'static str {
-        "application_counter"
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["applied_events"]
-    }
-    async fn apply(
-        &self,
-        batch: &[LoggedEvent],
-        cx: &mut ApplyContext<'_>,
-    ) -> Result<(), ApplyError> {
-        let ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.event_id).collect();
-        sqlx::query(
-            "INSERT INTO applied_events (event_id, times) SELECT id, 1 FROM UNNEST($1::uuid[]) AS id
-             ON CONFLICT (event_id) DO UPDATE SET times = applied_events.times + 1",
-        )
-        .bind(&ids)
-        .execute(&mut *cx.conn)
-        .await?;
-        Ok(())
-    }
-}
-
-async fn create_counter_table(db: &TestDatabase) {
-    sqlx::query(
-        "CREATE TABLE read_model.applied_events (event_id uuid PRIMARY KEY, times int NOT NULL)",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-}
-
 #[tokio::test]
 async fn two_daemons_competing_apply_each_event_once_and_one_takes_over_from_the_other() {
     let db = TestDatabase::new().await;
-    create_counter_table(&db).await;
+    ApplicationCounter::default().create_table(&db.pool).await;
     let bus = bus(&db);
-    let (stop_a, daemon_a) = start(&db, vec![Arc::new(ApplicationCounter)]);
-    let (stop_b, daemon_b) = start(&db, vec![Arc::new(ApplicationCounter)]);
+    let (stop_a, daemon_a) = start(&db, vec![Arc::new(ApplicationCounter::default())]);
+    let (stop_b, daemon_b) = start(&db, vec![Arc::new(ApplicationCounter::default())]);
 
     let writers: Vec<_> = (0..4)
         .map(|_| {
@@ -538,44 +504,15 @@ async fn assert_the_leaders_applied_nothing_twice(db: &TestDatabase, before: (i6
     );
 }
 
-/// [`ApplicationCounter`] under another name and table: a projection deployed later.
-struct LateCounter;
-
-#[async_trait]
-impl Projection for LateCounter {
-    fn name(&self) -> &'static str {
-        "late_counter"
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["late_applied_events"]
-    }
-    async fn apply(
-        &self,
-        batch: &[LoggedEvent],
-        cx: &mut ApplyContext<'_>,
-    ) -> Result<(), ApplyError> {
-        let ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.event_id).collect();
-        sqlx::query(
-            "INSERT INTO late_applied_events (event_id, times) SELECT id, 1 FROM UNNEST($1::uuid[]) AS id
-             ON CONFLICT (event_id) DO UPDATE SET times = late_applied_events.times + 1",
-        )
-        .bind(&ids)
-        .execute(&mut *cx.conn)
-        .await?;
-        Ok(())
-    }
-}
+/// A projection deployed later: a counter of its own name and table.
+const LATE_COUNTER: ApplicationCounter =
+    ApplicationCounter::named("late_counter", &["late_applied_events"]);
 
 #[tokio::test]
 async fn a_projection_deployed_on_a_long_log_catches_up_alone_and_the_others_apply_nothing_twice() {
     let db = TestDatabase::new().await;
-    create_counter_table(&db).await;
-    sqlx::query(
-        "CREATE TABLE read_model.late_applied_events (event_id uuid PRIMARY KEY, times int NOT NULL)",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    ApplicationCounter::default().create_table(&db.pool).await;
+    LATE_COUNTER.create_table(&db.pool).await;
     let bus = bus(&db);
     // Six batches of seven (`quick()`), and then some.
     for n in 1..=45 {
@@ -584,7 +521,10 @@ async fn a_projection_deployed_on_a_long_log_catches_up_alone_and_the_others_app
     let total = count(&db, "SELECT count(*) FROM events").await;
     let (stop, daemon) = start(
         &db,
-        vec![Arc::new(GameConfigs), Arc::new(ApplicationCounter)],
+        vec![
+            Arc::new(GameConfigs),
+            Arc::new(ApplicationCounter::default()),
+        ],
     );
     eventually("the first projections reach the head", || async {
         at_head(&db, "game_configs").await && at_head(&db, "application_counter").await
@@ -601,8 +541,8 @@ async fn a_projection_deployed_on_a_long_log_catches_up_alone_and_the_others_app
         &db,
         vec![
             Arc::new(GameConfigs),
-            Arc::new(ApplicationCounter),
-            Arc::new(LateCounter),
+            Arc::new(ApplicationCounter::default()),
+            Arc::new(LATE_COUNTER),
         ],
     );
     eventually("the new projection catches up", || async {
@@ -628,7 +568,7 @@ async fn a_projection_deployed_on_a_long_log_catches_up_alone_and_the_others_app
 async fn a_projection_resumed_after_a_long_halt_catches_up_alone_and_the_others_apply_nothing_twice(
 ) {
     let db = TestDatabase::new().await;
-    create_counter_table(&db).await;
+    ApplicationCounter::default().create_table(&db.pool).await;
     let bus = bus(&db);
     let bad = UserId::new();
     save_config(&bus, UserId::new(), 1).await;
@@ -642,7 +582,7 @@ async fn a_projection_resumed_after_a_long_halt_catches_up_alone_and_the_others_
         &db,
         vec![
             fussy.clone(),
-            Arc::new(ApplicationCounter),
+            Arc::new(ApplicationCounter::default()),
             Arc::new(GameConfigs),
         ],
     );
@@ -706,7 +646,7 @@ impl Projection for Gate {
 async fn a_projection_rebuilt_while_the_daemon_runs_moves_ahead_and_the_others_apply_nothing_twice()
 {
     let db = TestDatabase::new().await;
-    create_counter_table(&db).await;
+    ApplicationCounter::default().create_table(&db.pool).await;
     let bus = bus(&db);
     for n in 1..=5 {
         save_config(&bus, UserId::new(), n).await;
@@ -720,7 +660,7 @@ async fn a_projection_rebuilt_while_the_daemon_runs_moves_ahead_and_the_others_a
     let (stop, daemon) = start(
         &db,
         vec![
-            Arc::new(ApplicationCounter),
+            Arc::new(ApplicationCounter::default()),
             Arc::new(GameConfigs),
             gate.clone(),
         ],

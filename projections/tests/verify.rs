@@ -19,6 +19,9 @@ use teachin_projections::{
 };
 use tokio::sync::watch;
 
+mod support;
+use support::ApplicationCounter;
+
 fn bus(db: &TestDatabase) -> CommandBus {
     command_bus(
         db.pool.clone(),
@@ -273,46 +276,12 @@ async fn a_deleted_live_row_shows_in_the_row_count() {
     assert_eq!(scratch_schemas(&db).await, Vec::<String>::new());
 }
 
-/// Counts how many times each event is applied: any event folded once too often or too few
-/// times shows in its row.
-struct ApplicationCounter;
-
-#[async_trait]
-impl Projection for ApplicationCounter {
-    fn name(&self) -> &'static str {
-        "application_counter"
-    }
-    fn tables(&self) -> &'static [&'static str] {
-        &["applied_events"]
-    }
-    async fn apply(
-        &self,
-        batch: &[LoggedEvent],
-        cx: &mut ApplyContext<'_>,
-    ) -> Result<(), ApplyError> {
-        let ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.event_id).collect();
-        sqlx::query(
-            "INSERT INTO applied_events (event_id, times) SELECT id, 1 FROM UNNEST($1::uuid[]) AS id
-             ON CONFLICT (event_id) DO UPDATE SET times = applied_events.times + 1",
-        )
-        .bind(&ids)
-        .execute(&mut *cx.conn)
-        .await?;
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_verify_while_the_daemon_applies_new_events_finds_no_false_difference() {
     let db = TestDatabase::new().await;
-    sqlx::query(
-        "CREATE TABLE read_model.applied_events (event_id uuid PRIMARY KEY, times int NOT NULL)",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    ApplicationCounter::default().create_table(&db.pool).await;
     let mut projections = read_models::all();
-    projections.push(Arc::new(ApplicationCounter));
+    projections.push(Arc::new(ApplicationCounter::default()));
     let bus = bus(&db);
     workload(&bus, 3, 10).await;
     let (stop, daemon) = start(&db, projections.clone());
