@@ -18,11 +18,11 @@ use teachin_commands::testing::TestDatabase;
 use teachin_workers::bus::postgres::{PostgresBus, PostgresBusConfig};
 use teachin_workers::bus::servicebus::ServiceBus;
 use teachin_workers::bus::{
-    reasons, resubmit_all, Abandon, Bus, BusError, DeadLetter, OutgoingMessage, QueueName,
-    QueueStats, ReceivedMessage, RetryPolicy,
+    reasons, resubmit_all, Abandon, Bus, BusError, OutgoingMessage, QueueName, ReceivedMessage,
+    RetryPolicy,
 };
 use teachin_workers::consumer::{Consumer, Handler, HandlerError, MessageContext, Settled};
-use teachin_workers::testing::{LocalServiceBus, LocalServiceBusSettings};
+use teachin_workers::testing::{LocalServiceBus, LocalServiceBusSettings, Partitioned};
 
 const Q: QueueName = QueueName::Engine;
 const NONE_WAIT: Duration = Duration::from_secs(1);
@@ -716,66 +716,6 @@ async fn consumer_waits_as_long_as_a_handlers_retry_after(backend: Backend) {
     );
     assert!(first.elapsed() + Duration::from_millis(100) >= THROTTLE);
     assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
-}
-
-/// A bus this process reaches for everything but lock renewals, which fail as they would
-/// when it is cut off from the broker for a while.
-struct Partitioned(Arc<dyn Bus>);
-
-#[async_trait]
-impl Bus for Partitioned {
-    async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), BusError> {
-        self.0.send(queue, message).await
-    }
-    async fn receive(
-        &self,
-        queue: QueueName,
-        wait: Duration,
-    ) -> Result<Option<ReceivedMessage>, BusError> {
-        self.0.receive(queue, wait).await
-    }
-    async fn complete(&self, message: &ReceivedMessage) -> Result<(), BusError> {
-        self.0.complete(message).await
-    }
-    async fn complete_recorded(
-        &self,
-        message: &ReceivedMessage,
-        pool: &sqlx::PgPool,
-        consumer: &str,
-        key: &str,
-    ) -> Result<(), BusError> {
-        self.0.complete_recorded(message, pool, consumer, key).await
-    }
-    async fn abandon(&self, message: &ReceivedMessage, how: Abandon) -> Result<(), BusError> {
-        self.0.abandon(message, how).await
-    }
-    async fn renew_lock(
-        &self,
-        _: &ReceivedMessage,
-    ) -> Result<chrono::DateTime<chrono::Utc>, BusError> {
-        Err(BusError::ServiceBus("partitioned from the broker".into()))
-    }
-    async fn dead_letter(
-        &self,
-        message: &ReceivedMessage,
-        reason: &str,
-        description: &str,
-    ) -> Result<(), BusError> {
-        self.0.dead_letter(message, reason, description).await
-    }
-    async fn stats(&self, queue: QueueName) -> Result<QueueStats, BusError> {
-        self.0.stats(queue).await
-    }
-    async fn dead_letters(
-        &self,
-        queue: QueueName,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, BusError> {
-        self.0.dead_letters(queue, limit).await
-    }
-    async fn resubmit(&self, queue: QueueName, message_id: &str) -> Result<bool, BusError> {
-        self.0.resubmit(queue, message_id).await
-    }
 }
 
 /// Works for 20 s unless cancelled; says whether it ever finished.

@@ -10,7 +10,6 @@
 //! first transaction at `MAIL FROM` until released, so a test can take the message from a
 //! consumer mid-send and see that only one email arrives.
 
-use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,13 +20,11 @@ use teachin_domain::ids::UserId;
 use teachin_domain::outgoing_email::{OutgoingEmail, OutgoingEmailCommand};
 use teachin_projections::{EventLog, LogPosition};
 use teachin_workers::bus::postgres::{PostgresBus, PostgresBusConfig};
-use teachin_workers::bus::{
-    reasons, Abandon, Bus, BusError, DeadLetter, OutgoingMessage, QueueName, QueueStats,
-    ReceivedMessage, RetryPolicy,
-};
+use teachin_workers::bus::{reasons, Bus, OutgoingMessage, QueueName, RetryPolicy};
 use teachin_workers::consumer::{Consumer, ConsumerConfig, Settled};
 use teachin_workers::email::{self, EmailSettings, SendEmailHandler, SmtpSecurity};
 use teachin_workers::relay::{OutboxRelay, RelayConfig};
+use teachin_workers::testing::Partitioned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -463,66 +460,6 @@ async fn a_relay_refusing_for_a_while_delays_the_mail_and_loses_none() {
     let attempts = *f.mailbox.attempts.lock().unwrap();
     assert!(attempts >= ids.len(), "{attempts} tries");
     assert!(attempts < ids.len() * 10, "{attempts} tries");
-}
-
-/// A bus this consumer reaches for everything but lock renewals, which fail as they would
-/// when its process is cut off from the database for a while.
-struct Partitioned(Arc<dyn Bus>);
-
-#[async_trait]
-impl Bus for Partitioned {
-    async fn send(&self, queue: QueueName, message: OutgoingMessage) -> Result<(), BusError> {
-        self.0.send(queue, message).await
-    }
-    async fn receive(
-        &self,
-        queue: QueueName,
-        wait: Duration,
-    ) -> Result<Option<ReceivedMessage>, BusError> {
-        self.0.receive(queue, wait).await
-    }
-    async fn complete(&self, message: &ReceivedMessage) -> Result<(), BusError> {
-        self.0.complete(message).await
-    }
-    async fn complete_recorded(
-        &self,
-        message: &ReceivedMessage,
-        pool: &sqlx::PgPool,
-        consumer: &str,
-        key: &str,
-    ) -> Result<(), BusError> {
-        self.0.complete_recorded(message, pool, consumer, key).await
-    }
-    async fn abandon(&self, message: &ReceivedMessage, how: Abandon) -> Result<(), BusError> {
-        self.0.abandon(message, how).await
-    }
-    async fn renew_lock(
-        &self,
-        _: &ReceivedMessage,
-    ) -> Result<chrono::DateTime<chrono::Utc>, BusError> {
-        Err(BusError::Database(sqlx::Error::PoolTimedOut))
-    }
-    async fn dead_letter(
-        &self,
-        message: &ReceivedMessage,
-        reason: &str,
-        description: &str,
-    ) -> Result<(), BusError> {
-        self.0.dead_letter(message, reason, description).await
-    }
-    async fn stats(&self, queue: QueueName) -> Result<QueueStats, BusError> {
-        self.0.stats(queue).await
-    }
-    async fn dead_letters(
-        &self,
-        queue: QueueName,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, BusError> {
-        self.0.dead_letters(queue, limit).await
-    }
-    async fn resubmit(&self, queue: QueueName, message_id: &str) -> Result<bool, BusError> {
-        self.0.resubmit(queue, message_id).await
-    }
 }
 
 /// Consumer A takes the job and its send stalls at `MAIL FROM`; A is cut off from the
