@@ -624,6 +624,27 @@ struct Records {
 }
 
 impl Records {
+    /// A raw WebSocket straight to the hub (no negotiate: `skipNegotiation`), past the
+    /// handshake.
+    async fn handshaken(hub: &TestHub, token: String) -> Records {
+        let (socket, _) = tokio_tungstenite::connect_async(format!(
+            "ws://{}{}?access_token={token}",
+            &hub.base["http://".len()..],
+            hub::HUB_PATH
+        ))
+        .await
+        .unwrap();
+        let mut records = Records {
+            socket,
+            pending: Default::default(),
+        };
+        records
+            .send(&format!("{{\"protocol\":\"json\",\"version\":1}}{RS}"))
+            .await;
+        assert_eq!(records.next().await, json!({}));
+        records
+    }
+
     async fn next(&mut self) -> Value {
         loop {
             if let Some(message) = self.pending.pop_front() {
@@ -761,27 +782,7 @@ async fn the_server_closes_on_token_expiry_silence_and_shutdown() {
         config.client_timeout = Duration::from_millis(600);
     })
     .await;
-    let connect = |token: String| {
-        let hub = &hub;
-        async move {
-            let (socket, _) = tokio_tungstenite::connect_async(format!(
-                "ws://{}{}?access_token={token}",
-                &hub.base["http://".len()..],
-                hub::HUB_PATH
-            ))
-            .await
-            .unwrap();
-            let mut records = Records {
-                socket,
-                pending: Default::default(),
-            };
-            records
-                .send(&format!("{{\"protocol\":\"json\",\"version\":1}}{RS}"))
-                .await;
-            assert_eq!(records.next().await, json!({}));
-            records
-        }
-    };
+    let connect = |token: String| Records::handshaken(&hub, token);
 
     // A token with two seconds left (skipNegotiation: no connection token at all).
     let short = tokens().with_ttl(Duration::from_secs(2));
@@ -1091,27 +1092,7 @@ async fn in_azure_mode_negotiate_redirects_and_the_feed_goes_out_once() {
 #[tokio::test]
 async fn a_revocation_from_another_replica_closes_the_persons_connections() {
     let hub = TestHub::start(|_| {}).await;
-    let connect = |token: String| {
-        let hub = &hub;
-        async move {
-            let (socket, _) = tokio_tungstenite::connect_async(format!(
-                "ws://{}{}?access_token={token}",
-                &hub.base["http://".len()..],
-                hub::HUB_PATH
-            ))
-            .await
-            .unwrap();
-            let mut records = Records {
-                socket,
-                pending: Default::default(),
-            };
-            records
-                .send(&format!("{{\"protocol\":\"json\",\"version\":1}}{RS}"))
-                .await;
-            assert_eq!(records.next().await, json!({}));
-            records
-        }
-    };
+    let connect = |token: String| Records::handshaken(&hub, token);
     let (signed_out, bystander) = (UserId::new(), UserId::new());
     let old = tokens().issue(signed_out, Role::Teacher).token;
     let mut revoked = connect(old.clone()).await;
