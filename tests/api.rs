@@ -10,126 +10,13 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::portal::{code, email, Portal, PASSWORD};
 use support::RunningApp;
 use uuid::Uuid;
 
-const PASSWORD: &str = "correct horse battery";
 const JWT_SECRET: &str = "an-end-to-end-test-secret-of-32-bytes-or-more";
 
 /// One browser: a cookie jar, the last access token and CSRF token.
-struct Portal {
-    http: reqwest::Client,
-    jar: std::sync::Arc<reqwest::cookie::Jar>,
-    url: String,
-    token: Option<String>,
-    csrf: Option<String>,
-    user_id: Option<String>,
-}
-
-impl Portal {
-    fn new(app: &RunningApp) -> Self {
-        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-        Portal {
-            http: reqwest::Client::builder()
-                .cookie_provider(jar.clone())
-                .build()
-                .unwrap(),
-            jar,
-            url: format!("{}/graphql", app.manager),
-            token: None,
-            csrf: None,
-            user_id: None,
-        }
-    }
-
-    async fn post(&self, body: Value, csrf: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.post(&self.url).json(&body);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(csrf) = csrf {
-            request = request.header("x-csrf-token", csrf);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-
-    async fn gql(&self, query: &str, variables: Value) -> Value {
-        self.post(json!({ "query": query, "variables": variables }), None)
-            .await
-            .1
-    }
-
-    async fn sign_up(&self, first: &str, email: &str) -> String {
-        let r = self
-            .gql(
-                "mutation($email: String!, $first: String!, $password: String!) {
-                   signUp(input: {firstName: $first, lastName: \"Test\", email: $email, password: $password}) { userId role }
-                 }",
-                json!({ "email": email, "first": first, "password": PASSWORD }),
-            )
-            .await;
-        assert_eq!(r["data"]["signUp"]["role"], "STUDENT", "{r}");
-        r["data"]["signUp"]["userId"].as_str().unwrap().to_string()
-    }
-
-    async fn login(&mut self, email: &str) -> Value {
-        let r = self
-            .gql(
-                "mutation($email: String!, $password: String!) {
-                   login(email: $email, password: $password) { accessToken csrfToken userId role expiresAt }
-                 }",
-                json!({ "email": email, "password": PASSWORD }),
-            )
-            .await;
-        let session = r["data"]["login"].clone();
-        assert!(session.is_object(), "login failed: {r}");
-        self.token = session["accessToken"].as_str().map(str::to_owned);
-        self.csrf = session["csrfToken"].as_str().map(str::to_owned);
-        self.user_id = session["userId"].as_str().map(str::to_owned);
-        session
-    }
-
-    async fn refresh(&mut self) -> Value {
-        let csrf = self.csrf.clone();
-        let (_, r) = self
-            .post(
-                json!({ "query": "mutation { refreshSession { accessToken csrfToken userId role } }" }),
-                csrf.as_deref(),
-            )
-            .await;
-        if let Some(session) = r["data"]["refreshSession"].as_object() {
-            self.token = session["accessToken"].as_str().map(str::to_owned);
-            self.csrf = session["csrfToken"].as_str().map(str::to_owned);
-        }
-        r
-    }
-
-    /// A cookie the browser holds for the API.
-    fn cookie(&self, name: &str) -> Option<String> {
-        use reqwest::cookie::CookieStore;
-        let header = self.jar.cookies(&self.url.parse().unwrap())?;
-        header
-            .to_str()
-            .unwrap()
-            .split(';')
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.to_string())
-    }
-
-    fn id(&self) -> &str {
-        self.user_id.as_deref().unwrap()
-    }
-}
-
-fn code(response: &Value) -> Option<String> {
-    response["errors"][0]["extensions"]["code"]
-        .as_str()
-        .map(str::to_owned)
-}
-
 /// Polls `check` until it returns `Some` (read models follow the log asynchronously).
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -147,10 +34,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn email(name: &str) -> String {
-    format!("{name}-{}@example.com", Uuid::new_v4().simple())
 }
 
 #[tokio::test]

@@ -12,11 +12,11 @@ mod support;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use support::portal::{code, email, Portal, PASSWORD};
 use support::RunningApp;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-const PASSWORD: &str = "correct horse battery";
 const JWT_SECRET: &str = "a-sockets-test-secret-of-32-bytes-or-more";
 
 type Socket =
@@ -30,110 +30,26 @@ async fn start() -> RunningApp {
     .await
 }
 
-fn email(name: &str) -> String {
-    format!("{name}-{}@example.com", Uuid::new_v4().simple())
-}
-
-fn code(response: &Value) -> Option<String> {
-    response["errors"][0]["extensions"]["code"]
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// One browser: cookies, the access and CSRF tokens.
-struct Browser {
-    http: reqwest::Client,
-    url: String,
-    token: Option<String>,
-    user_id: Option<String>,
-}
-
-impl Browser {
-    fn new(app: &RunningApp) -> Self {
-        Browser {
-            http: reqwest::Client::builder()
-                .cookie_store(true)
-                .build()
-                .unwrap(),
-            url: format!("{}/graphql", app.manager),
-            token: None,
-            user_id: None,
-        }
-    }
-
-    async fn gql(&self, query: &str, variables: Value) -> Value {
-        let mut request = self
-            .http
-            .post(&self.url)
-            .json(&json!({ "query": query, "variables": variables }));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        request.send().await.unwrap().json().await.unwrap()
-    }
-
-    async fn sign_up(&self, email: &str) -> String {
-        let r = self
-            .gql(
-                "mutation($email: String!, $password: String!) {
-                   signUp(input: {firstName: \"Sam\", lastName: \"Test\", email: $email, password: $password}) { userId }
-                 }",
-                json!({ "email": email, "password": PASSWORD }),
-            )
-            .await;
-        r["data"]["signUp"]["userId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{r}"))
-            .to_owned()
-    }
-
-    async fn login(&mut self, email: &str) -> Value {
-        // A portal signing in forgets the token it had (it may have been revoked).
-        self.token = None;
-        let r = self
-            .gql(
-                "mutation($email: String!, $password: String!) {
-                   login(email: $email, password: $password) { accessToken userId role }
-                 }",
-                json!({ "email": email, "password": PASSWORD }),
-            )
-            .await;
-        let session = r["data"]["login"].clone();
-        assert!(session.is_object(), "login failed: {r}");
-        self.token = session["accessToken"].as_str().map(str::to_owned);
-        self.user_id = session["userId"].as_str().map(str::to_owned);
-        session
-    }
-
-    fn token(&self) -> &str {
-        self.token.as_deref().unwrap()
-    }
-
-    fn id(&self) -> &str {
-        self.user_id.as_deref().unwrap()
-    }
-}
-
 /// An admin, signed in.
-async fn admin(app: &RunningApp) -> Browser {
+async fn admin(app: &RunningApp) -> Portal {
     let address = email("admin");
     app.create_admin(&address, PASSWORD);
-    let mut admin = Browser::new(app);
+    let mut admin = Portal::new(app);
     admin.login(&address).await;
     admin
 }
 
 /// A student, signed up and signed in.
-async fn student(app: &RunningApp) -> (Browser, String) {
+async fn student(app: &RunningApp) -> (Portal, String) {
     let address = email("student");
-    let mut browser = Browser::new(app);
-    browser.sign_up(&address).await;
+    let mut browser = Portal::new(app);
+    browser.sign_up("Sam", &address).await;
     browser.login(&address).await;
     (browser, address)
 }
 
 /// A teacher created by `admin`, signed in.
-async fn teacher(app: &RunningApp, admin: &Browser) -> (Browser, String) {
+async fn teacher(app: &RunningApp, admin: &Portal) -> (Portal, String) {
     let address = email("teacher");
     let r = admin
         .gql(
@@ -144,7 +60,7 @@ async fn teacher(app: &RunningApp, admin: &Browser) -> (Browser, String) {
         )
         .await;
     assert!(r["data"]["createUser"]["id"].is_string(), "{r}");
-    let mut browser = Browser::new(app);
+    let mut browser = Portal::new(app);
     browser.login(&address).await;
     (browser, address)
 }
@@ -619,7 +535,7 @@ async fn privileged_mutations_read_the_callers_role_from_the_store() {
     let stale = AccessTokens::new(JWT_SECRET.as_bytes(), "teachin", "teachin-portals")
         .unwrap()
         .issue(UserId(teacher.id().parse().unwrap()), Role::Admin);
-    let mut holder = Browser::new(&app);
+    let mut holder = Portal::new(&app);
     holder.token = Some(stale.token);
     let privileged = [
         (

@@ -2,6 +2,7 @@
 //! free port to give a role.
 
 pub mod cluster;
+pub mod portal;
 
 use std::net::TcpListener;
 use std::process::Command;
