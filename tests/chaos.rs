@@ -15,13 +15,14 @@
 //! moment, then a restart, is also `tests/crash_recovery.rs`.)
 
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::cluster::ScratchCluster;
+use support::portal::Portal;
 use support::{free_port, read_models_caught_up, teachin, teachin_at, verify_all, verify_all_at};
 use teachin_commands::testing::TestDatabase;
 use teachin_commands::workload::StudentActivity;
@@ -290,28 +291,6 @@ async fn a_rebuild_killed_while_it_waits_to_swap_leaves_the_live_read_models_and
     kill_9(accessor);
 }
 
-/// A portal's view of the manager: GraphQL over HTTP with a bearer token.
-struct Portal {
-    http: reqwest::Client,
-    url: String,
-    token: Option<String>,
-}
-
-impl Portal {
-    /// `Err` when the manager did not answer (killed, restarting): the command may or may not
-    /// have been applied, and the portal retries it with the same idempotency key.
-    async fn gql(&self, query: &str, variables: Value) -> Result<Value, reqwest::Error> {
-        let mut request = self
-            .http
-            .post(format!("{}/graphql", self.url))
-            .json(&json!({ "query": query, "variables": variables }));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        request.send().await?.json().await
-    }
-}
-
 fn start_manager(db: &TestDatabase, port: u16) -> Child {
     teachin(db)
         .arg("manager")
@@ -340,39 +319,10 @@ async fn the_manager_killed_mid_command_loses_and_repeats_no_acknowledged_comman
     let accessor = start_accessor(&db);
     wait_ready(&url).await;
 
-    let mut portal = Portal {
-        http: reqwest::Client::new(),
-        url: url.clone(),
-        token: None,
-    };
+    let mut portal = Portal::at(&url);
     let email = format!("chaos-{}@students.example", db.name);
-    let signed_up = portal
-        .gql(
-            "mutation($email: String!) {
-               signUp(input: {firstName: \"Kim\", lastName: \"Chaos\", email: $email,
-                              password: \"chaos-password-1\"}) { userId }
-             }",
-            json!({ "email": email }),
-        )
-        .await
-        .unwrap();
-    assert!(
-        signed_up["data"]["signUp"]["userId"].is_string(),
-        "{signed_up}"
-    );
-    let login = portal
-        .gql(
-            "mutation($email: String!) {
-               login(email: $email, password: \"chaos-password-1\") { accessToken }
-             }",
-            json!({ "email": email }),
-        )
-        .await
-        .unwrap();
-    portal.token = login["data"]["login"]["accessToken"]
-        .as_str()
-        .map(str::to_owned);
-    assert!(portal.token.is_some(), "{login}");
+    portal.sign_up("Kim", &email).await;
+    portal.login(&email).await;
     let portal = Arc::new(portal);
 
     // Eight clients add word cards, each under its own idempotency key, retrying a card until
@@ -388,7 +338,7 @@ async fn the_manager_killed_mid_command_loses_and_repeats_no_acknowledged_comman
                     let deadline = Instant::now() + DEADLINE;
                     loop {
                         let answer = portal
-                            .gql(
+                            .try_gql(
                                 "mutation($key: String!) {
                                    addWordCard(hebrew: \"ספר\", english: $key, idempotencyKey: $key) { id events }
                                  }",

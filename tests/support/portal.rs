@@ -21,6 +21,11 @@ pub struct Portal {
 
 impl Portal {
     pub fn new(app: &RunningApp) -> Self {
+        Self::at(&app.manager)
+    }
+
+    /// A portal of the manager at `manager` (`http://127.0.0.1:PORT`).
+    pub fn at(manager: &str) -> Self {
         let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
         Portal {
             http: reqwest::Client::builder()
@@ -28,11 +33,25 @@ impl Portal {
                 .build()
                 .unwrap(),
             jar,
-            url: format!("{}/graphql", app.manager),
+            url: format!("{manager}/graphql"),
             token: None,
             csrf: None,
             user_id: None,
         }
+    }
+
+    /// [`Portal::gql`], with `Err` when the manager did not answer (killed, restarting): the
+    /// command may or may not have been applied, and a portal retries it with the same
+    /// idempotency key.
+    pub async fn try_gql(&self, query: &str, variables: Value) -> Result<Value, reqwest::Error> {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await?.json().await
     }
 
     pub async fn post(&self, body: Value, csrf: Option<&str>) -> (u16, Value) {
