@@ -112,37 +112,44 @@ pub async fn advance(
     to: LogPosition,
     events: i64,
 ) -> Result<(), sqlx::Error> {
-    let stored: Option<(String, i64)> = sqlx::query_as(
+    advance_all(conn, &[name.to_string()], to, events).await
+}
+
+/// [`advance`] for several checkpoints at once (a group batch), in one statement.
+pub async fn advance_all(
+    conn: &mut PgConnection,
+    names: &[String],
+    to: LogPosition,
+    events: i64,
+) -> Result<(), sqlx::Error> {
+    let stored: Vec<(String, String, i64)> = sqlx::query_as(
         "UPDATE public.projection_checkpoints
             SET transaction_id = $2::text::xid8, global_position = $3,
                 events_applied = events_applied + $4, updated_at = now()
-          WHERE name = $1
-         RETURNING transaction_id::text, global_position",
+          WHERE name = ANY($1)
+         RETURNING name, transaction_id::text, global_position",
     )
-    .bind(name)
+    .bind(names)
     .bind(to.transaction_id.to_string())
     .bind(to.global_position)
     .bind(events)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await?;
-    let stored = match stored {
-        Some((tx, pos)) => LogPosition {
+    if stored.len() != names.len() {
+        return Err(sqlx::Error::RowNotFound);
+    }
+    for (name, tx, pos) in stored {
+        let at = LogPosition {
             transaction_id: parse_transaction_id(&tx)?,
             global_position: pos,
-        },
-        None => return Err(sqlx::Error::RowNotFound),
-    };
-    if stored != to {
-        return Err(not_where_written(name, stored, to));
+        };
+        if at != to {
+            return Err(sqlx::Error::Decode(
+                format!("checkpoint {name} reads {at} right after it was moved to {to}").into(),
+            ));
+        }
     }
     Ok(())
-}
-
-/// The error for a checkpoint that does not read what was just written to it.
-pub fn not_where_written(name: &str, stored: LogPosition, written: LogPosition) -> sqlx::Error {
-    sqlx::Error::Decode(
-        format!("checkpoint {name} reads {stored} right after it was moved to {written}").into(),
-    )
 }
 
 /// Records that `name` stopped on an event it cannot apply.

@@ -89,19 +89,6 @@ pub async fn prepare(conn: &mut PgConnection, target: &Target) -> Result<(), sql
     Ok(())
 }
 
-async fn try_apply(
-    conn: &mut PgConnection,
-    projection: &dyn Projection,
-    events: &[LoggedEvent],
-) -> Result<(), ApplyError> {
-    let mut keys = KeyRing::default();
-    let mut cx = ApplyContext {
-        conn,
-        keys: &mut keys,
-    };
-    projection.apply(events, &mut cx).await
-}
-
 /// Told about every batch right after it commits (the bench measures lag with it).
 pub type BatchObserver = dyn Fn(&str, &[LoggedEvent]) + Send + Sync;
 
@@ -176,27 +163,21 @@ async fn next_batch_until(
     }
 }
 
-/// Applies `events` in `tx`, moves the checkpoint past them and commits. The outer error is
-/// the runner's problem (transient), the inner one the batch's (rolled back).
+/// Applies `events` to one projection in `tx`, moves its target's checkpoint past them and
+/// commits: [`apply_together`] with one member.
 async fn apply_and_commit(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
     projection: &dyn Projection,
     target: &Target,
     events: &[LoggedEvent],
 ) -> Result<Result<(), ApplyError>, RunError> {
-    match try_apply(&mut tx, projection, events).await {
-        Ok(()) => {}
-        Err(ApplyError::Database(e)) if is_transient(&e) => return Err(RunError::Transient(e)),
-        Err(failure) => return Ok(Err(failure)), // dropping `tx` rolls back
-    }
-    let last = events.last().expect("never called with no events").position;
-    let advanced =
-        checkpoint::advance(&mut tx, &target.checkpoint, last, events.len() as i64).await;
-    let committed = match advanced {
-        Ok(()) => tx.commit().await,
-        Err(e) => Err(e),
-    };
-    settle(committed)
+    apply_together(
+        tx,
+        &[projection],
+        std::slice::from_ref(&target.checkpoint),
+        events,
+    )
+    .await
 }
 
 /// How a batch's checkpoint move and commit ended. A transient failure is the runner's to
@@ -289,7 +270,8 @@ pub async fn next_group_batch(
     if events.is_empty() {
         tx.commit().await.map_err(transient)?;
     } else {
-        match apply_together(tx, &members, &events).await? {
+        let names: Vec<String> = members.iter().map(|p| p.name().to_string()).collect();
+        match apply_together(tx, &members, &names, &events).await? {
             Ok(()) => {
                 if let Some(observer) = observer {
                     for projection in &members {
@@ -330,11 +312,13 @@ pub async fn next_group_batch(
     })
 }
 
-/// Every member applies `events` in `tx`, then all their checkpoints move to its end and are
-/// read back (in the same transaction, before the commit).
+/// Every member applies `events` in `tx`, then the `checkpoints` move to its end and are read
+/// back (in the same transaction, before the commit), and the transaction commits. The outer
+/// error is the runner's problem (transient), the inner one the batch's (rolled back).
 async fn apply_together(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     members: &[&dyn Projection],
+    checkpoints: &[String],
     events: &[LoggedEvent],
 ) -> Result<Result<(), ApplyError>, RunError> {
     let mut keys = KeyRing::default();
@@ -350,35 +334,7 @@ async fn apply_together(
         }
     }
     let last = events.last().expect("never called with no events").position;
-    let names: Vec<String> = members.iter().map(|p| p.name().to_string()).collect();
-    let stored: Result<Vec<(String, String, i64)>, sqlx::Error> = sqlx::query_as(
-        "UPDATE public.projection_checkpoints
-            SET transaction_id = $2::text::xid8, global_position = $3,
-                events_applied = events_applied + $4, updated_at = now()
-          WHERE name = ANY($1)
-         RETURNING name, transaction_id::text, global_position",
-    )
-    .bind(&names)
-    .bind(last.transaction_id.to_string())
-    .bind(last.global_position)
-    .bind(events.len() as i64)
-    .fetch_all(&mut *tx)
-    .await;
-    let checked = stored.and_then(|stored| {
-        if stored.len() != names.len() {
-            return Err(sqlx::Error::RowNotFound);
-        }
-        for (name, tx, pos) in stored {
-            let at = LogPosition {
-                transaction_id: parse_transaction_id(&tx)?,
-                global_position: pos,
-            };
-            if at != last {
-                return Err(checkpoint::not_where_written(&name, at, last));
-            }
-        }
-        Ok(())
-    });
+    let checked = checkpoint::advance_all(&mut tx, checkpoints, last, events.len() as i64).await;
     let committed = match checked {
         Ok(()) => tx.commit().await,
         Err(e) => Err(e),
