@@ -907,6 +907,7 @@ async fn fake_azure(key: &'static str) -> (String, Calls) {
 
     let app = axum::Router::new()
         .route("/api/v1/{*rest}", any(handle))
+        .route("/api/hubs/{*rest}", any(handle))
         .with_state((base.clone(), key, calls.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (base, calls)
@@ -962,6 +963,32 @@ async fn the_azure_rest_sender_signs_each_call_for_its_url() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("401"), "{error}");
+}
+
+#[tokio::test]
+async fn in_azure_mode_a_revocation_closes_the_persons_azure_connections() {
+    // Azure holds the browsers' sockets, so no replica can close them itself: the bump
+    // asks Azure to, for that person only, signed for the call's URL like every call.
+    let (base, calls) = fake_azure(ACCESS_KEY).await;
+    let namespace = format!("hubtest-{}", Uuid::new_v4().simple());
+    let hub = NotificationHub::new(
+        tokens(),
+        redis().await,
+        HubConfig::new(&namespace),
+        Some(azure(&base, ACCESS_KEY)),
+    );
+    let (signed_out, bystander) = (UserId::new(), UserId::new());
+    assert_eq!(hub.revocations().bump(signed_out).await.unwrap(), 1);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![(
+            "POST".to_owned(),
+            format!("/api/hubs/notifications/users/{signed_out}/:closeConnections"),
+            Value::Null
+        )],
+        "exactly the signed-out person's connections are closed, not {bystander}'s"
+    );
 }
 
 fn azure_with_other_key(base: &str) -> AzureSignalR {

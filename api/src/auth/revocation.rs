@@ -14,6 +14,12 @@
 //! message published while a subscriber reconnects is lost), so sockets also read the epoch
 //! again every [`RECHECK_EVERY`] and whenever they fell behind the broadcast.
 //!
+//! With Azure SignalR (serverless mode) the browsers' SignalR connections are held by Azure,
+//! not by a replica, so no replica can close them: the replica that bumps also asks Azure
+//! to close the person's connections (`:closeConnections`). The client's reconnect then
+//! negotiates with a replica again, where the epoch refuses the old token. Azure's own
+//! access token for the connection expires with the person's access token in any case.
+//!
 //! Why a counter and not a timestamp: tokens are issued on several replicas whose clocks
 //! differ, and `iat` has a resolution of a second; a counter read *before* the role is read
 //! at refresh makes the order exact. A refresh racing a role change either reads the old
@@ -92,6 +98,8 @@ pub struct Revocations {
     namespace: String,
     prefix: String,
     local: broadcast::Sender<Revoked>,
+    /// Set in Azure SignalR mode: the browsers' hub connections are held there.
+    azure: Option<crate::hub::AzureSignalR>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -109,7 +117,14 @@ impl Revocations {
             namespace: namespace.to_owned(),
             prefix: format!("teachin:{namespace}:revocation:"),
             local: local(namespace),
+            azure: None,
         }
+    }
+
+    /// Bumps also close the person's connections held by Azure SignalR.
+    pub fn with_azure(mut self, azure: Option<crate::hub::AzureSignalR>) -> Self {
+        self.azure = azure;
+        self
     }
 
     /// The person's current epoch (0 when never bumped).
@@ -142,6 +157,14 @@ impl Revocations {
             .publish(backplane_channel(&self.namespace), text)
             .await?;
         tracing::info!(%user, epoch, "revocation epoch bumped");
+        if let Some(azure) = &self.azure {
+            // The epoch is already stored and published, so a failure here leaves only
+            // Azure-held connections open until their token expires; it is logged, not
+            // returned, so the logout or role change itself still succeeds.
+            if let Err(error) = azure.close_user_connections(user, "revoked").await {
+                tracing::warn!(%error, %user, "revocation: Azure SignalR connections not closed");
+            }
+        }
         Ok(epoch)
     }
 

@@ -268,6 +268,22 @@ impl AzureSignalR {
         self.call(Method::DELETE, &path, None).await
     }
 
+    /// Closes every connection `user` holds with Azure (revocation: logout, role change,
+    /// erasure). The v1 API has no such call, so this one uses the 2022-06-01 API.
+    pub async fn close_user_connections(
+        &self,
+        user: UserId,
+        reason: &str,
+    ) -> Result<(), AzureError> {
+        let path = format!(
+            "/api/hubs/{}/users/{}/:closeConnections?api-version=2022-06-01&reason={}",
+            segment(&self.inner.hub),
+            segment(&user.to_string()),
+            segment(reason)
+        );
+        self.call(Method::POST, &path, None).await
+    }
+
     fn sign<T: Serialize>(&self, claims: &T) -> String {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -301,8 +317,10 @@ impl AzureSignalR {
 
     async fn call_once(&self, method: &Method, url: &str, body: &str) -> Result<(), AzureError> {
         let now = Utc::now().timestamp();
+        // The audience is the request URL without its query, as Azure's own SDK signs it.
+        let audience = url.split_once('?').map_or(url, |(path, _)| path);
         let token = self.sign(&ServerClaims {
-            aud: url,
+            aud: audience,
             exp: now + REST_TOKEN_TTL.as_secs() as i64,
             iat: now,
             nbf: now,

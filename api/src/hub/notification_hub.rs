@@ -176,7 +176,8 @@ impl NotificationHub {
         azure: Option<AzureSignalR>,
     ) -> Self {
         let presence = Presence::new(redis.clone(), &config.namespace, config.presence_lease());
-        let (redis_for_revocations, namespace) = (redis.clone(), config.namespace.clone());
+        let revocations =
+            Revocations::new(redis.clone(), &config.namespace).with_azure(azure.clone());
         NotificationHub {
             inner: Arc::new(Inner {
                 tokens,
@@ -190,7 +191,7 @@ impl NotificationHub {
                 shutdown: watch::channel(false).0,
                 subscribed: AtomicBool::new(false),
                 left: Notify::new(),
-                revocations: Revocations::new(redis_for_revocations, &namespace),
+                revocations,
             }),
         }
     }
@@ -247,7 +248,8 @@ impl NotificationHub {
         &self.inner.tokens
     }
 
-    pub(crate) fn revocations(&self) -> &Revocations {
+    /// The revocation epochs this hub checks and whose bumps close its connections.
+    pub fn revocations(&self) -> &Revocations {
         &self.inner.revocations
     }
 
