@@ -37,8 +37,13 @@ COPY --from=build /out/teachin /usr/local/bin/teachin
 # root filesystem.
 USER 65532:65532
 ENV TEACHIN_LOG_FORMAT=json
+# Never local mode by accident: local mode runs on the secrets published in this repository.
+# Production refuses to start without secrets of its own; the chart sets the real name
+# (dev, prod, ...) and a laptop asks for local mode with `-e TEACHIN_ENV=local`.
+ENV TEACHIN_ENV=production
 # manager, accessor, engine
 EXPOSE 5001 5002 5003
 ENTRYPOINT ["/usr/local/bin/teachin"]
-# Locally, one process runs every role; Kubernetes passes the role instead.
+# One process runs every role (with `-e TEACHIN_ENV=local` on a laptop); Kubernetes passes
+# the role instead.
 CMD ["all"]

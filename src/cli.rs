@@ -53,11 +53,23 @@ pub enum CronCommand {
     /// (`teachin:{ns}:stats`).
     Stats,
     /// Forget bus bookkeeping older than the retention: accepted message ids (duplicate
-    /// detection) and processed-message records (consumer idempotency).
+    /// detection) and processed-message records (consumer idempotency); and dead letters
+    /// older than theirs.
     PurgeBus {
         /// Days to keep; longer than any message can take to come back.
         #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
         retention_days: u32,
+        /// Days to keep a dead letter (redacted, but still a record of someone's activity):
+        /// long enough for an operator to look into it.
+        #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..))]
+        dead_letter_retention_days: u32,
+    },
+    /// Delete avatar uploads that never became an avatar (never confirmed, or replaced and
+    /// left behind) once older than the grace period, and every file of an erased person.
+    PurgeUploads {
+        /// Hours an unconfirmed upload is kept; longer than an upload URL works.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
+        grace_hours: u32,
     },
 }
 

@@ -40,6 +40,8 @@ pub struct Settings {
     pub environment: Environment,
     pub database: PgConnectOptions,
     pub database_max_connections: u32,
+    /// Memory for the command path's cache of hot aggregates, in MiB (0: off).
+    pub aggregate_cache_mib: usize,
     pub manager_port: u16,
     pub accessor_port: u16,
     pub engine_port: u16,
@@ -60,14 +62,22 @@ pub struct Settings {
     pub refresh_token_hash_key: Vec<u8>,
     /// Browser origins allowed to call the API (the portals).
     pub cors_origins: Vec<String>,
-    /// Behind the ingress: the client address comes from `X-Forwarded-For`.
-    pub trust_forwarded_for: bool,
+    /// Proxies in front of the manager that append to `X-Forwarded-For` (the ingress: one);
+    /// the client address is the entry the outermost wrote.
+    pub trust_forwarded_for: teachin_api::server::TrustedProxies,
     /// `Azure__SignalR__ConnectionString`: browsers are redirected to Azure SignalR and
     /// pushes go through its REST API; `None` serves the hub from the manager itself.
     pub azure_signalr: Option<teachin_api::hub::AzureSignalR>,
-    /// Sign-in and refresh attempts allowed per client address.
+    /// Failed sign-ins allowed per client address (successes never count).
     pub login_budget: teachin_api::auth::rate_limit::Budget,
+    /// How an account is slowed down after failed sign-ins, from any address.
+    pub login_backoff: teachin_api::auth::rate_limit::Backoff,
+    /// Sign-ups allowed per client address.
+    pub signup_budget: teachin_api::auth::rate_limit::Budget,
+    /// Refreshes allowed per client address.
     pub refresh_budget: teachin_api::auth::rate_limit::Budget,
+    /// `SameSite` of the session cookies: `Strict` unless the portals are on another site.
+    pub cookie_same_site: teachin_api::auth::sessions::SameSite,
     /// The message bus: `TEACHIN_BUS` (`postgres`, the default, or `servicebus`) and its
     /// settings.
     pub bus: teachin_workers::BusConfig,
@@ -82,6 +92,10 @@ pub struct Settings {
     /// SMTP for `SendEmail` jobs (`BREVO_*`); `None` without `BREVO_SMTP_HOST`, and then the
     /// accessor does not consume `accessor-queue`.
     pub email: Option<teachin_workers::email::EmailSettings>,
+    /// Daily quotas: model requests and tokens per role (`TEACHIN_MODEL_QUOTA_STUDENT`,
+    /// `…_TEACHER`, `…_ADMIN` as `REQUESTS/TOKENS`), emails per sender
+    /// (`TEACHIN_EMAIL_DAILY_CAP`).
+    pub quotas: teachin_api::quota::QuotaLimits,
 }
 
 const LOCAL_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/teachin";
@@ -90,6 +104,31 @@ const LOCAL_JWT_SECRET: &str = "local-only-jwt-secret-change-me-0123456789";
 const LOCAL_REFRESH_HASH_KEY: &str = "local-only-refresh-token-hash-key-change-me";
 const LOCAL_PORTALS: &str = "http://localhost:3000,http://localhost:5173";
 const LOCAL_MEDIA_SIGNING_KEY: &str = "local-only-media-signing-key-change-me";
+
+/// Variables a platform sets in every process it runs (Kubernetes, Azure Container Apps, App
+/// Service): with one present, an unset `TEACHIN_ENV` is a mistake, not a laptop.
+const DEPLOYMENT_MARKERS: [&str; 3] = [
+    "KUBERNETES_SERVICE_HOST",
+    "CONTAINER_APP_NAME",
+    "WEBSITE_SITE_NAME",
+];
+
+/// Refuses a local default given explicitly outside a local environment: it is published in
+/// this repository, so anything it protects could be forged.
+fn not_a_local_default(
+    name: &str,
+    value: &str,
+    local_default: &str,
+    local: bool,
+) -> Result<(), ConfigError> {
+    if !local && value == local_default {
+        return Err(ConfigError::new(
+            name,
+            "is the published local default; set a secret of your own outside a local environment",
+        ));
+    }
+    Ok(())
+}
 
 /// Finds a setting's raw value by name.
 type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
@@ -144,7 +183,22 @@ impl<'a> SettingsSource<'a> {
 
     pub fn load(&self) -> Result<Settings, ConfigError> {
         let environment = match self.first(&["TEACHIN_ENV"]) {
-            None => Environment::Local,
+            None => match DEPLOYMENT_MARKERS
+                .iter()
+                .find(|m| self.first(&[**m]).is_some())
+            {
+                // Local mode means well-known secrets: a deployment must ask for it by name.
+                Some(marker) => {
+                    return Err(ConfigError::new(
+                        "TEACHIN_ENV",
+                        format!(
+                            "is unset, but {marker} says this is a deployment, not a \
+                             developer's machine; set TEACHIN_ENV (e.g. `production`)"
+                        ),
+                    ))
+                }
+                None => Environment::Local,
+            },
             Some((_, env)) if env.eq_ignore_ascii_case("local") => Environment::Local,
             Some((name, env)) => {
                 if !env
@@ -176,7 +230,10 @@ impl<'a> SettingsSource<'a> {
             Some((name, key)) if key.len() < 16 => {
                 return Err(ConfigError::new(&name, "must be at least 16 characters"))
             }
-            Some((_, key)) => key.into_bytes(),
+            Some((name, key)) => {
+                not_a_local_default(&name, &key, LOCAL_LOOKUP_HASH_KEY, local)?;
+                key.into_bytes()
+            }
             None if local => LOCAL_LOOKUP_HASH_KEY.as_bytes().to_vec(),
             None => {
                 return Err(ConfigError::new(
@@ -219,9 +276,28 @@ impl<'a> SettingsSource<'a> {
         }
         let login_budget = self.parsed(
             "TEACHIN_LOGIN_RATE_LIMIT",
-            teachin_api::auth::rate_limit::Budget::per_minute(10),
-            "attempts per window, e.g. 10/60s",
+            teachin_api::graphql::DEFAULT_LOGIN_BUDGET,
+            "failed sign-ins per window, e.g. 100/10m",
         )?;
+        let login_backoff = self.parsed(
+            "TEACHIN_LOGIN_BACKOFF",
+            teachin_api::auth::rate_limit::Backoff::default(),
+            "failures/first..cap, e.g. 5/1s..15m",
+        )?;
+        let signup_budget = self.parsed(
+            "TEACHIN_SIGNUP_RATE_LIMIT",
+            teachin_api::graphql::DEFAULT_SIGNUP_BUDGET,
+            "sign-ups per window, e.g. 60/1h",
+        )?;
+        let cookie_same_site = match self.first(&["TEACHIN_COOKIE_SAME_SITE"]) {
+            None => teachin_api::auth::sessions::SameSite::Strict,
+            Some((name, raw)) => teachin_api::auth::sessions::same_site(&raw).ok_or_else(|| {
+                ConfigError::new(
+                    &name,
+                    format!("`{raw}` is not strict, lax or none (portals on another site)"),
+                )
+            })?,
+        };
         let refresh_budget = self.parsed(
             "TEACHIN_REFRESH_RATE_LIMIT",
             teachin_api::auth::rate_limit::Budget::per_minute(5),
@@ -234,8 +310,13 @@ impl<'a> SettingsSource<'a> {
             ),
             None => None,
         };
-        let trust_forwarded_for: bool =
-            self.parsed("TEACHIN_TRUST_FORWARDED_FOR", !local, "true or false")?;
+        let trust_forwarded_for = self.parsed(
+            "TEACHIN_TRUST_FORWARDED_FOR",
+            teachin_api::server::TrustedProxies {
+                hops: usize::from(!local),
+            },
+            "true, false or a number of proxies",
+        )?;
 
         let database_max_connections: u32 =
             self.parsed("TEACHIN_DB_MAX_CONNECTIONS", 10, "a number of connections")?;
@@ -292,6 +373,11 @@ impl<'a> SettingsSource<'a> {
             environment,
             database,
             database_max_connections,
+            aggregate_cache_mib: self.parsed(
+                "TEACHIN_AGGREGATE_CACHE_MIB",
+                teachin_commands::aggregate_cache::DEFAULT_CAPACITY_MIB,
+                "a size in MiB",
+            )?,
             manager_port: self.parsed("TEACHIN_MANAGER_PORT", 5001, "a port number")?,
             accessor_port: self.parsed("TEACHIN_ACCESSOR_PORT", 5002, "a port number")?,
             engine_port: self.parsed("TEACHIN_ENGINE_PORT", 5003, "a port number")?,
@@ -314,7 +400,10 @@ impl<'a> SettingsSource<'a> {
             cors_origins,
             trust_forwarded_for,
             login_budget,
+            login_backoff,
+            signup_budget,
             refresh_budget,
+            cookie_same_site,
             azure_signalr,
             ai: teachin_workers::engine::settings::AiSettings::from_lookup(|name| {
                 self.first(&[name]).map(|(_, v)| v)
@@ -328,6 +417,7 @@ impl<'a> SettingsSource<'a> {
             avatars: self.avatars(local)?,
             speech: self.speech()?,
             email: self.email()?,
+            quotas: self.quotas()?,
         })
     }
 
@@ -345,7 +435,10 @@ impl<'a> SettingsSource<'a> {
                 &name,
                 format!("must be at least {min} characters"),
             )),
-            Some((_, key)) => Ok(key.into_bytes()),
+            Some((name, key)) => {
+                not_a_local_default(&name, &key, local_default, local)?;
+                Ok(key.into_bytes())
+            }
             None if local => Ok(local_default.as_bytes().to_vec()),
             None => Err(ConfigError::new(
                 names[0],
@@ -357,7 +450,8 @@ impl<'a> SettingsSource<'a> {
     /// `TEACHIN_BUS=postgres` (default): `TEACHIN_BUS_LOCK_SECONDS` (60) and
     /// `TEACHIN_BUS_MAX_DELIVERY_COUNT` (10). `TEACHIN_BUS=servicebus`:
     /// `ServiceBus__ConnectionString` (the namespace's; lock duration and maximum delivery
-    /// count are then the queues' own, set in Terraform).
+    /// count are then the queues' own, set in Terraform), and `ServiceBus__StatsConnectionString`
+    /// (a policy with Manage, for queue statistics; else the first one reads them).
     fn bus(&self) -> Result<teachin_workers::BusConfig, ConfigError> {
         use teachin_workers::bus::{postgres::PostgresBusConfig, servicebus::ServiceBusConfig};
         let backend = self
@@ -391,9 +485,18 @@ impl<'a> SettingsSource<'a> {
                 }))
             }
             Some("servicebus") => match self.first(&["ServiceBus__ConnectionString"]) {
-                Some((name, raw)) => ServiceBusConfig::from_connection_string(&raw)
-                    .map(teachin_workers::BusConfig::ServiceBus)
-                    .map_err(|p| ConfigError::new(&name, p)),
+                Some((name, raw)) => {
+                    let config = ServiceBusConfig::from_connection_string(&raw)
+                        .map_err(|p| ConfigError::new(&name, p))?;
+                    // Statistics need Manage: a policy of their own when given.
+                    let config = match self.first(&["ServiceBus__StatsConnectionString"]) {
+                        Some((name, raw)) => config
+                            .with_stats_connection_string(&raw)
+                            .map_err(|p| ConfigError::new(&name, p))?,
+                        None => config,
+                    };
+                    Ok(teachin_workers::BusConfig::ServiceBus(config))
+                }
                 None => Err(ConfigError::new(
                     "ServiceBus__ConnectionString",
                     "must be set when TEACHIN_BUS=servicebus",
@@ -408,6 +511,30 @@ impl<'a> SettingsSource<'a> {
 }
 
 impl SettingsSource<'_> {
+    /// The daily quotas (see `Settings::quotas`); every one defaults to
+    /// `QuotaLimits::default()`.
+    fn quotas(&self) -> Result<teachin_api::quota::QuotaLimits, ConfigError> {
+        let defaults = teachin_api::quota::QuotaLimits::default();
+        let what = "requests/tokens a day, e.g. 200/200000";
+        let emails_per_day: u64 = self.parsed(
+            "TEACHIN_EMAIL_DAILY_CAP",
+            defaults.emails_per_day,
+            "a number of emails",
+        )?;
+        if emails_per_day == 0 {
+            return Err(ConfigError::new(
+                "TEACHIN_EMAIL_DAILY_CAP",
+                "must be at least 1",
+            ));
+        }
+        Ok(teachin_api::quota::QuotaLimits {
+            student: self.parsed("TEACHIN_MODEL_QUOTA_STUDENT", defaults.student, what)?,
+            teacher: self.parsed("TEACHIN_MODEL_QUOTA_TEACHER", defaults.teacher, what)?,
+            admin: self.parsed("TEACHIN_MODEL_QUOTA_ADMIN", defaults.admin, what)?,
+            emails_per_day,
+        })
+    }
+
     /// Avatars. `ConnectionStrings__AvatarsStorage` (the storage account's connection string)
     /// selects Azure Blob, container `Avatars__Container` (`avatars`). Otherwise a directory,
     /// `TEACHIN_AVATARS_DIR` (`./data/avatars`), served by the manager at
@@ -450,7 +577,10 @@ impl SettingsSource<'_> {
             Some((name, key)) if key.len() < 16 => {
                 return Err(ConfigError::new(&name, "must be at least 16 characters"))
             }
-            Some((_, key)) => key.into_bytes(),
+            Some((name, key)) => {
+                not_a_local_default(&name, &key, LOCAL_MEDIA_SIGNING_KEY, local)?;
+                key.into_bytes()
+            }
             None if local => LOCAL_MEDIA_SIGNING_KEY.as_bytes().to_vec(),
             None => return Ok(None),
         };
@@ -703,6 +833,46 @@ mod tests {
     }
 
     #[test]
+    fn sign_in_and_sign_up_limits_and_the_cookie_policy() {
+        use teachin_api::auth::rate_limit::{Backoff, Budget};
+        use teachin_api::auth::sessions::SameSite;
+        let s = load(&[]).unwrap();
+        assert_eq!(s.login_budget, teachin_api::graphql::DEFAULT_LOGIN_BUDGET);
+        assert_eq!(s.login_backoff, Backoff::default());
+        assert_eq!(s.signup_budget, teachin_api::graphql::DEFAULT_SIGNUP_BUDGET);
+        assert_eq!(s.cookie_same_site, SameSite::Strict, "same site");
+        assert_eq!(s.trust_forwarded_for.hops, 0, "no proxy on a laptop");
+        let s = load(&[
+            ("TEACHIN_LOGIN_RATE_LIMIT", "30/5m"),
+            ("TEACHIN_LOGIN_BACKOFF", "3/2s..1h"),
+            ("TEACHIN_SIGNUP_RATE_LIMIT", "20/1h"),
+            ("TEACHIN_COOKIE_SAME_SITE", "None"),
+            ("TEACHIN_TRUST_FORWARDED_FOR", "2"),
+        ])
+        .unwrap();
+        assert_eq!(s.login_budget, "30/5m".parse::<Budget>().unwrap());
+        assert_eq!(s.login_backoff, "3/2s..1h".parse::<Backoff>().unwrap());
+        assert_eq!(s.signup_budget.max, 20);
+        assert_eq!(s.cookie_same_site, SameSite::None);
+        assert_eq!(s.trust_forwarded_for.hops, 2);
+        assert_eq!(
+            load(&[("TEACHIN_TRUST_FORWARDED_FOR", "true")])
+                .unwrap()
+                .trust_forwarded_for
+                .hops,
+            1
+        );
+        for (name, bad) in [
+            ("TEACHIN_LOGIN_BACKOFF", "5"),
+            ("TEACHIN_SIGNUP_RATE_LIMIT", "0/1h"),
+            ("TEACHIN_COOKIE_SAME_SITE", "sometimes"),
+            ("TEACHIN_TRUST_FORWARDED_FOR", "yes"),
+        ] {
+            assert_eq!(load(&[(name, bad)]).unwrap_err().name, name);
+        }
+    }
+
+    #[test]
     fn a_malformed_setting_is_named() {
         let e = load(&[("TEACHIN_MANAGER_PORT", "eighty")]).unwrap_err();
         assert_eq!(e.name, "TEACHIN_MANAGER_PORT");
@@ -747,10 +917,60 @@ mod tests {
             ("JWT_REFRESH_TOKEN_HASH_KEY", "0123456789abcdef"),
         ])
         .unwrap();
-        assert!(s.trust_forwarded_for);
+        assert_eq!(s.trust_forwarded_for.hops, 1, "behind the ingress");
         assert!(s.cors_origins.is_empty());
         assert_eq!(s.environment, Environment::Cloud("prod".into()));
         assert!(s.log_json);
+    }
+
+    /// A cloud environment's settings, complete and valid, to vary one at a time.
+    const PRODUCTION: [(&str, &str); 5] = [
+        ("TEACHIN_ENV", "production"),
+        ("ConnectionStrings__Postgres", "postgres://u@db/prod"),
+        ("TEACHIN_LOOKUP_HASH_KEY", "0123456789abcdef0123"),
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("JWT_REFRESH_TOKEN_HASH_KEY", "0123456789abcdef"),
+    ];
+
+    fn production_with(name: &str, value: &str) -> Result<Settings, ConfigError> {
+        let mut pairs: Vec<(&str, &str)> = PRODUCTION
+            .iter()
+            .filter(|(n, _)| *n != name)
+            .copied()
+            .collect();
+        pairs.push((name, value));
+        load(&pairs)
+    }
+
+    #[test]
+    fn a_cloud_environment_refuses_the_published_local_defaults() {
+        load(&PRODUCTION).expect("the baseline is valid");
+        for (name, default) in [
+            ("JWT_SECRET", LOCAL_JWT_SECRET),
+            ("TEACHIN_LOOKUP_HASH_KEY", LOCAL_LOOKUP_HASH_KEY),
+            ("JWT_REFRESH_TOKEN_HASH_KEY", LOCAL_REFRESH_HASH_KEY),
+            ("TEACHIN_MEDIA_SIGNING_KEY", LOCAL_MEDIA_SIGNING_KEY),
+        ] {
+            let e = production_with(name, default).unwrap_err();
+            assert_eq!(e.name, name);
+            assert!(e.problem.contains("published local default"), "{e}");
+            assert_eq!(e.to_string().lines().count(), 1, "one line: {e}");
+        }
+        // Locally the same values are the defaults, and fine.
+        load(&[("JWT_SECRET", LOCAL_JWT_SECRET)]).unwrap();
+    }
+
+    #[test]
+    fn an_unset_environment_is_local_only_off_a_deployment() {
+        assert_eq!(load(&[]).unwrap().environment, Environment::Local);
+        for marker in DEPLOYMENT_MARKERS {
+            let e = load(&[(marker, "10.0.0.1")]).unwrap_err();
+            assert_eq!(e.name, "TEACHIN_ENV");
+            assert!(e.problem.contains(marker), "{e}");
+            // Asking for local mode by name still works (a developer's cluster).
+            let s = load(&[(marker, "10.0.0.1"), ("TEACHIN_ENV", "local")]).unwrap();
+            assert_eq!(s.environment, Environment::Local);
+        }
     }
 
     #[test]
@@ -804,7 +1024,34 @@ mod tests {
             ),
         ])
         .unwrap();
-        assert!(matches!(s.bus, BusConfig::ServiceBus(c) if c.namespace == "dev-sb"));
+        assert!(
+            matches!(s.bus, BusConfig::ServiceBus(c) if c.namespace == "dev-sb" && c.stats_policy.is_none())
+        );
+        let data = (
+            "ServiceBus__ConnectionString",
+            "Endpoint=sb://dev-sb.servicebus.windows.net/;SharedAccessKeyName=app;SharedAccessKey=k",
+        );
+        let s = load(&[
+            ("TEACHIN_BUS", "servicebus"),
+            data,
+            (
+                "ServiceBus__StatsConnectionString",
+                "Endpoint=sb://dev-sb.servicebus.windows.net/;SharedAccessKeyName=stats;SharedAccessKey=m",
+            ),
+        ])
+        .unwrap();
+        assert!(matches!(s.bus, BusConfig::ServiceBus(c)
+            if c.policy_name == "app" && c.statistics_policy().name == "stats"));
+        let e = load(&[
+            ("TEACHIN_BUS", "servicebus"),
+            data,
+            (
+                "ServiceBus__StatsConnectionString",
+                "Endpoint=sb://prod-sb.servicebus.windows.net/;SharedAccessKeyName=stats;SharedAccessKey=m",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(e.name, "ServiceBus__StatsConnectionString");
         let e = load(&[
             ("TEACHIN_BUS", "servicebus"),
             ("ServiceBus__ConnectionString", "Endpoint=sb://elsewhere/"),
@@ -946,6 +1193,31 @@ mod tests {
                 .name,
             "Speech__Region"
         );
+    }
+
+    #[test]
+    fn quotas_default_by_role_and_are_configurable() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.quotas, teachin_api::quota::QuotaLimits::default());
+        let s = load(&[
+            ("TEACHIN_MODEL_QUOTA_STUDENT", "3/1000"),
+            ("TEACHIN_EMAIL_DAILY_CAP", "2"),
+        ])
+        .unwrap();
+        assert_eq!(s.quotas.student.requests_per_day, 3);
+        assert_eq!(s.quotas.student.tokens_per_day, 1000);
+        assert_eq!(s.quotas.emails_per_day, 2);
+        assert_eq!(
+            s.quotas.teacher,
+            teachin_api::quota::QuotaLimits::default().teacher
+        );
+        for (name, bad) in [
+            ("TEACHIN_MODEL_QUOTA_TEACHER", "lots"),
+            ("TEACHIN_MODEL_QUOTA_ADMIN", "0/10"),
+            ("TEACHIN_EMAIL_DAILY_CAP", "0"),
+        ] {
+            assert_eq!(load(&[(name, bad)]).unwrap_err().name, name);
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod queue_ops;
 mod roles;
 mod telemetry;
 
+use anyhow::Context;
 use clap::Parser;
 use cli::{AdminCommand, BenchCommand, Cli, Command, CronCommand};
 use roles::Role;
@@ -95,17 +96,52 @@ async fn run(command: Command, settings: config::Settings) -> anyhow::Result<()>
             println!("{}", serde_json::to_string(&snapshot)?);
             Ok(())
         }
-        Command::Cron(CronCommand::PurgeBus { retention_days }) => {
+        Command::Cron(CronCommand::PurgeBus {
+            retention_days,
+            dead_letter_retention_days,
+        }) => {
             let pool = roles::connect(&settings).await?;
             roles::migrate(&pool).await?;
-            let before = sqlx::types::chrono::Utc::now()
-                - std::time::Duration::from_secs(u64::from(retention_days) * 24 * 60 * 60);
-            let ids =
-                teachin_workers::bus::postgres::PostgresBus::new(pool.clone(), Default::default())
-                    .purge_message_ids(before)
-                    .await?;
+            let days_ago = |days: u32| {
+                sqlx::types::chrono::Utc::now()
+                    - std::time::Duration::from_secs(u64::from(days) * 24 * 60 * 60)
+            };
+            let before = days_ago(retention_days);
+            let bus =
+                teachin_workers::bus::postgres::PostgresBus::new(pool.clone(), Default::default());
+            let ids = bus.purge_message_ids(before).await?;
             let processed = teachin_workers::consumer::purge_processed(&pool, before).await?;
-            println!("message ids purged: {ids}\nprocessed records purged: {processed}");
+            // Both backends park their dead letters in the same table.
+            let dead = bus
+                .purge_dead_letters(days_ago(dead_letter_retention_days))
+                .await?;
+            println!(
+                "message ids purged: {ids}\nprocessed records purged: {processed}\n\
+                 dead letters purged: {dead}"
+            );
+            Ok(())
+        }
+        Command::Cron(CronCommand::PurgeUploads { grace_hours }) => {
+            let Some(avatars) = &settings.avatars else {
+                println!("avatars are not configured here: nothing to purge");
+                return Ok(());
+            };
+            let store = teachin_workers::media::AvatarStore::from_settings(avatars)
+                .context("opening the avatar store")?;
+            let pool = roles::connect(&settings).await?;
+            roles::migrate(&pool).await?;
+            let reader = teachin_commands::bus::AggregateReader::new(pool, Default::default());
+            let swept = teachin_workers::media::retention::purge_unconfirmed(
+                &store,
+                &reader,
+                sqlx::types::chrono::Utc::now(),
+                std::time::Duration::from_secs(u64::from(grace_hours) * 60 * 60),
+            )
+            .await?;
+            println!(
+                "unconfirmed uploads purged: {}\nfiles of erased users purged: {}\nfiles kept: {}",
+                swept.unconfirmed, swept.erased, swept.kept
+            );
             Ok(())
         }
         Command::Queues(command) => {

@@ -66,6 +66,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<usize> {
 /// Runs `roles` until a shutdown signal.
 pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
     tracing::info!(environment = ?settings.environment, "starting");
+    teachin_commands::aggregate_cache::configure_capacity_mib(settings.aggregate_cache_mib);
     let pool = connect(settings).await?;
     let applied = migrate(&pool).await?;
     tracing::info!(applied, "database schema is current");
@@ -117,6 +118,11 @@ pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
                     provider: settings.ai.provider(),
                     settings: teachin_workers::EngineSettings {
                         web_search: settings.web_search.clone(),
+                        // Each answer's tokens count against its person's daily quota.
+                        usage: Some(teachin_workers::engine::usage::UsageLedger::new(
+                            redis(settings).await?,
+                            &settings.namespace,
+                        )),
                         ..Default::default()
                     },
                 };
@@ -322,6 +328,7 @@ async fn manager(
     let fanout = teachin_api::graphql::realtime::FeedFanout::default();
     hub.feed_subscriptions(fanout.clone());
     let bus = command_bus(settings, pool.clone());
+    let metrics = teachin_api::metrics::ApiMetrics::default();
     let state = ApiState {
         bus: bus.clone(),
         read,
@@ -342,8 +349,10 @@ async fn manager(
             // Browsers treat http://localhost as secure, so cookies stay Secure locally.
             secure_cookies: true,
             login_budget: settings.login_budget,
+            login_backoff: settings.login_backoff,
+            signup_budget: settings.signup_budget,
             refresh_budget: settings.refresh_budget,
-            ..SessionPolicy::default()
+            same_site: settings.cookie_same_site,
         },
         hub: Some(hub.clone()),
         redis_url: settings.redis_url.clone(),
@@ -353,6 +362,13 @@ async fn manager(
             .transpose()
             .context("opening the avatar store")?,
         speech: (settings.speech.clone()).map(teachin_workers::speech::SpeechTokens::new),
+        quotas: teachin_api::quota::Quotas::new(
+            redis.clone(),
+            &settings.namespace,
+            settings.quotas,
+        )
+        .with_metrics(metrics.quota_refusals()),
+        introspection: local,
     };
     // The local avatar backend's signed upload and read routes (Azure Blob serves its own).
     let media = match &state.avatars {
@@ -367,7 +383,7 @@ async fn manager(
     let app = teachin_api::server::router(
         state,
         fanout,
-        teachin_api::metrics::ApiMetrics::default()
+        metrics
             .with_connections({
                 let hub = hub.clone();
                 move || hub.connections()

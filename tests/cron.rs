@@ -1,6 +1,7 @@
 //! End-to-end tests of the scheduled jobs the Helm chart runs: `teachin cron stats` (the
 //! usage snapshot, printed and kept in Redis) and `teachin cron purge-bus` (bus bookkeeping
-//! older than the retention), each against a fresh database.
+//! and dead letters older than their retentions), each against a fresh database.
+//! `teachin cron purge-uploads` needs a running app; it is tested in `tests/retention.rs`.
 
 #[allow(dead_code)] // These tests need the binary, not a free port.
 mod support;
@@ -97,6 +98,20 @@ async fn cron_purge_bus_forgets_only_what_is_older_than_the_retention() {
         .await
         .unwrap();
     }
+    // Dead letters have a retention of their own (14 days unless told).
+    for (id, age_days) in [("old", 20), ("recent", 10)] {
+        sqlx::query(
+            "INSERT INTO bus_dead_letters (queue, message_id, sequence_number, action, body,
+                    enqueued_at, delivery_count, reason, dead_lettered_at)
+             VALUES ('accessor-queue', $1, 1, 'SendEmail', '{}', now(), 1, 'r',
+                     now() - make_interval(days => $2))",
+        )
+        .bind(id)
+        .bind(age_days)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
     let output = teachin(&db)
         .args(["cron", "purge-bus", "--retention-days", "7"])
         .output()
@@ -109,6 +124,7 @@ async fn cron_purge_bus_forgets_only_what_is_older_than_the_retention() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("message ids purged: 1"), "{stdout}");
     assert!(stdout.contains("processed records purged: 1"), "{stdout}");
+    assert!(stdout.contains("dead letters purged: 1"), "{stdout}");
     let left: Vec<String> = sqlx::query_scalar("SELECT message_id FROM bus_message_ids")
         .fetch_all(&db.pool)
         .await
@@ -119,6 +135,20 @@ async fn cron_purge_bus_forgets_only_what_is_older_than_the_retention() {
         .await
         .unwrap();
     assert_eq!(left, ["recent"]);
+    let left: Vec<String> = sqlx::query_scalar("SELECT message_id FROM bus_dead_letters")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["recent"]);
+    let output = teachin(&db)
+        .args(["cron", "purge-bus", "--dead-letter-retention-days", "7"])
+        .output()
+        .expect("the binary runs");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("dead letters purged: 1"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // A retention of zero days would forget what a redelivery still needs.
     let output = teachin(&db)

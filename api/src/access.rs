@@ -76,8 +76,11 @@ pub enum Rule {
     ClassMemberOrAdmin,
     /// A teacher of the class, or an admin.
     ClassTeacherOrAdmin,
-    /// Admins only: roles, all users, analytics.
+    /// Admins only: roles, all users, analytics, assigning a student to a teacher.
     Admin,
+    /// Students only, for themselves: joining a class with its code, accepting an invitation.
+    /// These make a teacher the student's teacher, so only the student's own word counts.
+    Student,
 }
 
 /// What an operation is about.
@@ -105,6 +108,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("classes", Rule::Admin),
     ("classesOf", Rule::SelfOrAdmin),
     ("class", Rule::ClassMemberOrAdmin),
+    ("classInvitations", Rule::SelfOrAdmin),
     // Queries: learning data of a student.
     ("tutorSessions", Rule::SelfTeacherOrAdmin),
     ("tutorSession", Rule::SelfTeacherOrAdmin),
@@ -142,13 +146,19 @@ pub const RULES: &[(&str, Rule)] = &[
     ("changePassword", Rule::SelfOrAdmin),
     ("changeRole", Rule::Admin),
     ("eraseUser", Rule::SelfOrAdmin),
-    ("assignStudent", Rule::SelfOrAdmin),
+    // A teacher may not put a student on their own list: that would make them the student's
+    // teacher without the student's word. Teachers reach students through classes.
+    ("assignStudent", Rule::Admin),
     ("unassignStudent", Rule::SelfOrAdmin),
     // Mutations: classes.
     ("createClass", Rule::TeacherOrAdmin),
     ("addClassMembers", Rule::ClassTeacherOrAdmin),
     ("removeClassMembers", Rule::ClassTeacherOrAdmin),
     ("deleteClass", Rule::ClassTeacherOrAdmin),
+    ("joinClass", Rule::Student),
+    ("acceptClassInvitation", Rule::Student),
+    // Saying no is always possible, whatever the person's role has become since.
+    ("declineClassInvitation", Rule::SignedIn),
     // Mutations: the student's own learning.
     ("sendTutorMessage", Rule::SignedIn),
     ("explainMistake", Rule::SignedIn),
@@ -186,6 +196,8 @@ pub const CURRENT_ROLE: &[&str] = &[
     "unassignStudent",
     "addClassMembers",
     "removeClassMembers",
+    "joinClass",
+    "acceptClassInvitation",
 ];
 
 /// Whether `operation` is decided on the caller's current role (see [`CURRENT_ROLE`]).
@@ -233,6 +245,7 @@ pub fn decide(rule: Rule, caller: Caller, relation: Relation) -> Result<(), ApiE
         Rule::ClassMemberOrAdmin => relation.class_member || admin,
         Rule::ClassTeacherOrAdmin => admin || (role == Role::Teacher && relation.class_teacher),
         Rule::Admin => admin,
+        Rule::Student => role == Role::Student,
     };
     if allowed {
         Ok(())
@@ -348,6 +361,7 @@ mod tests {
             Rule::ClassMemberOrAdmin => [true, false, true, false, true, false],
             Rule::ClassTeacherOrAdmin => [false, false, true, false, true, false],
             Rule::Admin => [false, false, false, false, true, false],
+            Rule::Student => [true, true, false, false, false, false],
         }
     }
 
@@ -375,6 +389,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The relationship cases of issue 15: what makes a teacher "their teacher" is decided
+    /// by the read models (`ReadModels::is_teacher_of`, probed end to end in
+    /// `tests/relationships.rs`); here, that only that relation opens a student's data to a
+    /// teacher, and that no teacher can create one alone.
+    #[test]
+    fn relationships_need_the_other_side() {
+        let teacher = Caller::User {
+            id: UserId::new(),
+            role: Role::Teacher,
+        };
+        let reading: Vec<_> = RULES
+            .iter()
+            .filter(|(_, rule)| *rule == Rule::SelfTeacherOrAdmin)
+            .map(|(op, _)| *op)
+            .collect();
+        assert!(reading.contains(&"practiceHistory") && reading.contains(&"user"));
+        // (case, whether the read models then say the teacher teaches the student)
+        let cases = [
+            ("invited, not yet accepted", false),
+            ("invitation declined", false),
+            ("invitation accepted", true),
+            ("student joined with the class code", true),
+            ("admin added the student to the class", true),
+            ("admin assigned the student", true),
+        ];
+        for op in &reading {
+            for (case, teaches) in cases {
+                let relation = Relation {
+                    teaches,
+                    ..Relation::default()
+                };
+                let verdict = decide(rule_of(op).unwrap(), teacher, relation);
+                assert_eq!(verdict.is_ok(), teaches, "{op} after {case}");
+            }
+        }
+        // A teacher cannot put a student on their own list, not even as "themself".
+        let own_list = Relation {
+            is_self: true,
+            ..Relation::default()
+        };
+        let refused = decide(rule_of("assignStudent").unwrap(), teacher, own_list).unwrap_err();
+        assert_eq!(refused.code, Code::Forbidden);
+        // ...but may still take one off it.
+        assert!(decide(rule_of("unassignStudent").unwrap(), teacher, own_list).is_ok());
+        // Only a student answers for a student: a teacher or admin cannot join or accept.
+        for op in ["joinClass", "acceptClassInvitation"] {
+            for role in [Role::Teacher, Role::Admin] {
+                let caller = Caller::User {
+                    id: UserId::new(),
+                    role,
+                };
+                assert!(decide(rule_of(op).unwrap(), caller, own_list).is_err());
+            }
+            assert!(
+                needs_current_role(op),
+                "{op} reads the caller's current role"
+            );
+        }
+        assert!(needs_current_role("assignStudent"));
     }
 
     #[test]

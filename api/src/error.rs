@@ -18,6 +18,13 @@ pub enum Code {
     NotFound,
     Conflict,
     RateLimited,
+    /// A daily quota (model requests or tokens, emails) is spent; `retryAfter` says when it
+    /// resets.
+    QuotaExceeded,
+    /// The document costs more than a request may (page sizes multiply their fields).
+    QueryTooComplex,
+    /// The document has more fields that call the AI model than a request may.
+    TooManyModelCalls,
     Internal,
 }
 
@@ -30,6 +37,9 @@ impl Code {
             Code::NotFound => "NOT_FOUND",
             Code::Conflict => "CONFLICT",
             Code::RateLimited => "RATE_LIMITED",
+            Code::QuotaExceeded => "QUOTA_EXCEEDED",
+            Code::QueryTooComplex => "QUERY_TOO_COMPLEX",
+            Code::TooManyModelCalls => "TOO_MANY_MODEL_CALLS",
             Code::Internal => "INTERNAL",
         }
     }
@@ -88,6 +98,19 @@ impl ApiError {
                 Code::RateLimited,
                 format!("too many attempts; try again in {secs} s"),
             )
+        }
+    }
+
+    /// A refusal with its own code and sentence (limits on what a request may ask).
+    pub fn refused(code: Code, message: impl Into<String>) -> Self {
+        Self::new(code, message)
+    }
+
+    /// A daily quota is spent: `message` says which; it comes back in `resets_in`.
+    pub fn quota_exceeded(message: impl Into<String>, resets_in: Duration) -> Self {
+        Self {
+            retry_after: Some(resets_in.as_secs().max(1)),
+            ..Self::new(Code::QuotaExceeded, message)
         }
     }
 

@@ -10,5 +10,7 @@ pub mod health;
 pub mod hub;
 pub mod media;
 pub mod metrics;
+pub mod parsed_documents;
+pub mod quota;
 pub mod server;
 pub mod subscriptions;

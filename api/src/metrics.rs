@@ -47,6 +47,30 @@ pub struct ApiMetrics {
     connections_source: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
     /// More figures rendered at scrape time by the role (the queues').
     extra: Option<ExtraMetrics>,
+    quota_refusals: QuotaRefusals,
+}
+
+/// Requests refused by a daily quota (`crate::quota`), by the caller's role and the kind of
+/// quota (`requests`, `tokens`, `emails`). Cheap to clone; clones count together.
+#[derive(Clone, Default)]
+pub struct QuotaRefusals(Family<QuotaLabels, Counter>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    role: String,
+    kind: String,
+}
+
+impl QuotaRefusals {
+    /// Counts one refusal. Both labels come from bounded sets (three roles, three kinds).
+    pub fn refused(&self, role: &str, kind: &str) {
+        self.0
+            .get_or_create(&QuotaLabels {
+                role: role.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// Renders more Prometheus text at scrape time.
@@ -78,6 +102,12 @@ impl Default for ApiMetrics {
         let conflicts = Counter::default();
         let conflict_retries = Counter::default();
         let connections = Gauge::default();
+        let quota_refusals = QuotaRefusals::default();
+        registry.register(
+            "quota_refusals",
+            "Requests refused because a daily quota was spent, by role and kind (requests, tokens, emails)",
+            quota_refusals.0.clone(),
+        );
         registry.register(
             "http_requests",
             "GraphQL requests by root operation and outcome (ok or the error code)",
@@ -113,6 +143,7 @@ impl Default for ApiMetrics {
             connections,
             connections_source: None,
             extra: None,
+            quota_refusals,
         }
     }
 }
@@ -134,6 +165,11 @@ impl ApiMetrics {
         if outcome == "CONFLICT" {
             self.conflicts.inc();
         }
+    }
+
+    /// The quota-refusal counter, for `crate::quota::Quotas` to count into.
+    pub fn quota_refusals(&self) -> QuotaRefusals {
+        self.quota_refusals.clone()
     }
 
     /// Reports `count()` as the connected-clients gauge at every scrape.
@@ -172,7 +208,11 @@ impl ApiMetrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         // The projection figures follow; drop the terminating `# EOF` of OpenMetrics.
-        format!("{}{extra}", out.trim_end().trim_end_matches("# EOF"))
+        let cache = teachin_commands::aggregate_cache::metrics_text();
+        format!(
+            "{}\n{cache}{extra}",
+            out.trim_end().trim_end_matches("# EOF").trim_end()
+        )
     }
 }
 

@@ -9,6 +9,12 @@
 //! every failure before execution (oversized body, malformed JSON, a refused token) still
 //! answers in GraphQL's shape with an `extensions.code`, and so that errors raised by
 //! async-graphql itself (parse, validation, depth, argument types) get their code too.
+//! It also insists on `Content-Type: application/json`, which async-graphql's own extractor
+//! does not (it reads any non-multipart body as JSON): a `text/plain` or form POST is what a
+//! page on another site can send with the browser's cookies without asking CORS first.
+//!
+//! The client's address (for rate limits) is the peer's, or behind proxies the entry of
+//! `X-Forwarded-For` that the outermost trusted proxy wrote ([`TrustedProxies`]).
 
 use crate::access::Caller;
 use crate::auth::revocation::RevocationError;
@@ -27,7 +33,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -44,8 +50,67 @@ pub struct ManagerOptions {
     pub graphiql: bool,
     /// Origins allowed to call the API from a browser (the portals).
     pub cors_origins: Vec<String>,
-    /// Take the client address from `X-Forwarded-For` (behind the ingress).
-    pub trust_forwarded_for: bool,
+    /// How many proxies in front of the manager append to `X-Forwarded-For` (behind the
+    /// ingress: one); none takes the peer's address.
+    pub trust_forwarded_for: TrustedProxies,
+}
+
+/// The proxies in front of the manager that append the address they saw to
+/// `X-Forwarded-For`: the client is the entry the outermost of them wrote, `hops` from the
+/// right. Entries further left were written by the client itself and prove nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    pub hops: usize,
+}
+
+impl TrustedProxies {
+    /// No proxy: the peer is the client.
+    pub const NONE: TrustedProxies = TrustedProxies { hops: 0 };
+
+    /// The client's address: the `hops`-th `X-Forwarded-For` entry from the right (all the
+    /// header's lines read as one list), or the peer's when the header is absent or that
+    /// entry is not an address (a proxy that did not append, a forged header).
+    pub fn client_ip(self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+        if self.hops == 0 {
+            return peer.ip();
+        }
+        let entries: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        entries
+            .len()
+            .checked_sub(self.hops)
+            .and_then(|i| forwarded_address(entries[i]))
+            .unwrap_or_else(|| peer.ip())
+    }
+}
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+    /// A number of hops, or `true` (one: the ingress) / `false` (none).
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(TrustedProxies { hops: 1 }),
+            "false" => Ok(Self::NONE),
+            n => n
+                .parse()
+                .map(|hops| TrustedProxies { hops })
+                .map_err(|_| format!("`{raw}` is not true, false or a number of proxies")),
+        }
+    }
+}
+
+/// An `X-Forwarded-For` entry as an address: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or
+/// `[2001:db8::1]:5678`.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
 #[derive(Clone)]
@@ -137,6 +202,14 @@ async fn graphql(
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    if !is_json(&headers) {
+        let e = ApiError::bad_input(
+            "content-type",
+            "send GraphQL requests as Content-Type: application/json",
+        );
+        m.metrics.observe("invalid", e.code.as_str(), 0.0);
+        return error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, e);
+    }
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
@@ -188,7 +261,11 @@ async fn graphql(
     let info = RequestInfo {
         caller,
         request_id: header_text(&headers, "x-request-id").unwrap_or_default(),
-        client_ip: client_ip(&headers, peer, m.options.trust_forwarded_for),
+        client_ip: m
+            .options
+            .trust_forwarded_for
+            .client_ip(&headers, peer)
+            .to_string(),
         cookies: cookies(&headers),
         csrf_header: header_text(&headers, "x-csrf-token"),
     };
@@ -325,17 +402,14 @@ fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> String {
-    if trust_forwarded_for {
-        // The ingress appends the address it saw; the first entry is the client's.
-        if let Some(first) = header_text(headers, "x-forwarded-for")
-            .and_then(|v| v.split(',').next().map(|s| s.trim().to_owned()))
-            .filter(|s| !s.is_empty())
-        {
-            return first;
-        }
-    }
-    peer.ip().to_string()
+/// Whether the body is declared JSON (`application/json`, parameters such as `charset`
+/// allowed). Anything else is refused before the body is read.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Subscriptions over WebSocket (graphql-transport-ws, or the legacy protocol under its
@@ -364,4 +438,86 @@ async fn subscriptions(
         .on_upgrade(move |socket| {
             crate::subscriptions::serve(socket, m.schema, m.state, protocol, peer)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(lines: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append("x-forwarded-for", HeaderValue::from_str(line).unwrap());
+        }
+        headers
+    }
+
+    const PEER: &str = "10.0.0.5:40000";
+
+    fn client(hops: usize, lines: &[&str]) -> String {
+        TrustedProxies { hops }
+            .client_ip(&forwarded(lines), PEER.parse().unwrap())
+            .to_string()
+    }
+
+    #[test]
+    fn behind_one_proxy_the_right_most_entry_is_the_client() {
+        // ingress-nginx appends the address it saw; what the client wrote stays on the left.
+        assert_eq!(client(1, &["203.0.113.7"]), "203.0.113.7");
+        assert_eq!(client(1, &["1.1.1.1, 2.2.2.2, 203.0.113.7"]), "203.0.113.7");
+        assert_eq!(client(1, &["1.1.1.1", "203.0.113.7"]), "203.0.113.7");
+        assert_eq!(client(1, &["spoofed, [2001:db8::7]:4711"]), "2001:db8::7");
+        assert_eq!(client(1, &["203.0.113.7:4711"]), "203.0.113.7");
+    }
+
+    #[test]
+    fn spoofed_left_entries_are_ignored() {
+        // Each request forges a new left-most address; the client stays one client.
+        let clients: std::collections::HashSet<String> = (0..50)
+            .map(|i| client(1, &[&format!("198.51.100.{i}, 203.0.113.7")]))
+            .collect();
+        assert_eq!(clients.len(), 1);
+        assert!(clients.contains("203.0.113.7"));
+        // Two trusted hops: the entry the outer proxy wrote, whatever the client put before.
+        assert_eq!(
+            client(2, &["6.6.6.6, 203.0.113.7, 10.1.0.9"]),
+            "203.0.113.7"
+        );
+    }
+
+    #[test]
+    fn without_a_usable_entry_the_peer_is_the_client() {
+        assert_eq!(client(0, &["203.0.113.7"]), "10.0.0.5", "not trusted");
+        assert_eq!(client(1, &[]), "10.0.0.5");
+        assert_eq!(
+            client(2, &["203.0.113.7"]),
+            "10.0.0.5",
+            "fewer entries than proxies"
+        );
+        assert_eq!(client(1, &["1.1.1.1, not-an-address"]), "10.0.0.5");
+    }
+
+    #[test]
+    fn trusted_proxies_parse() {
+        assert_eq!("true".parse(), Ok(TrustedProxies { hops: 1 }));
+        assert_eq!("false".parse(), Ok(TrustedProxies::NONE));
+        assert_eq!("2".parse(), Ok(TrustedProxies { hops: 2 }));
+        assert!("yes".parse::<TrustedProxies>().is_err());
+    }
+
+    #[test]
+    fn only_json_bodies_are_accepted() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(!with("text/plain"));
+        assert!(!with("text/plain; charset=application/json"));
+        assert!(!with("application/x-www-form-urlencoded"));
+        assert!(!with("multipart/form-data; boundary=x"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
 }

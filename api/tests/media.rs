@@ -85,6 +85,8 @@ async fn app(speech: Option<SpeechTokens>) -> App {
             KEY.to_vec(),
         )),
         policy: Default::default(),
+        quotas: teachin_api::quota::Quotas::new(redis.clone(), &namespace, Default::default()),
+        introspection: true,
         hub: None,
         redis_url,
         namespace,

@@ -227,7 +227,7 @@ impl CommandBus {
         context: &CommandContext,
     ) -> Result<CommandReceipt<A>, CommandError<A::Error>>
     where
-        A: Aggregate<Services = DomainServices> + Clone,
+        A: Aggregate<Services = DomainServices> + Clone + 'static,
         A::Command: Clone + Serialize,
     {
         let command_id = Uuid::new_v4();
@@ -251,7 +251,11 @@ impl CommandBus {
 
             let outcome = async {
                 use cqrs_es::AggregateContext;
-                let mut loaded = self.reader.repository.load::<A>(aggregate_id).await?;
+                let mut loaded = self
+                    .reader
+                    .repository
+                    .load_for_command::<A>(aggregate_id)
+                    .await?;
                 // The sink applies each event to the aggregate it is handed, and a snapshot
                 // commit applies the new events to the loaded aggregate again: deciding on a
                 // copy keeps the loaded state as it was, so snapshots never double-apply.

@@ -24,9 +24,18 @@
 //!   so a later load skipped the events in between (a multi-event command crossing a
 //!   snapshot boundary lost its tail from the aggregate's state).
 //!
+//! - **Hot aggregates** skip the load: [`EventRepository::load_for_command`] starts from the
+//!   aggregate as this repository's last successful append left it
+//!   ([`crate::aggregate_cache`]), and the append's optimistic check keeps that correct; a
+//!   refused (or unknown) append evicts it, so the bus's retry reads the database.
+//!
 //! Reading snapshots and replay streams is postgres-es's own code, delegated unchanged. The
 //! table layout is postgres-es's too (`migrations/…_event_store.sql`).
+//!
+//! The spans `command.load` and `command.append` are the command path's stages as the
+//! bench's profile (`teachin bench stages`) reports them.
 
+use crate::aggregate_cache::{AggregateCache, Cached};
 use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
@@ -36,6 +45,7 @@ use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// The snapshot (kind 0) and then the events after it (kind 1), in sequence order.
 const SNAPSHOT_AND_EVENTS_AFTER: &str = "
@@ -85,6 +95,8 @@ pub struct EventRepository {
     snapshot_every: usize,
     /// Shared: building one formats its SQL, which a per-command clone need not repeat.
     postgres_es: Arc<PostgresEventRepository>,
+    /// Aggregates as this repository's appends left them (the command path's only).
+    cache: AggregateCache,
 }
 
 impl EventRepository {
@@ -93,7 +105,43 @@ impl EventRepository {
             postgres_es: Arc::new(PostgresEventRepository::new(pool.clone())),
             pool,
             snapshot_every: snapshot_every.max(1),
+            cache: AggregateCache::default(),
         }
+    }
+
+    /// The aggregate a command decides on: the cached one when this repository's last append
+    /// to the stream left it there, else [`Self::load`] (and it is cached). Only for the
+    /// command path, whose append checks the sequence (see [`crate::aggregate_cache`]).
+    pub async fn load_for_command<A>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>>
+    where
+        A: Aggregate + Clone + 'static,
+    {
+        let span = tracing::debug_span!("command.load", cache = tracing::field::Empty);
+        if let Some(cached) = span.in_scope(|| self.cache.get::<A>(aggregate_id)) {
+            span.record("cache", "hit");
+            return Ok(EventStoreAggregateContext {
+                aggregate_id: aggregate_id.to_string(),
+                aggregate: cached.aggregate,
+                current_sequence: cached.sequence,
+                current_snapshot: cached.snapshot,
+            });
+        }
+        span.record("cache", "miss");
+        let context = self.load::<A>(aggregate_id).instrument(span).await?;
+        if self.cache.enabled() {
+            self.cache.put(
+                aggregate_id,
+                Cached {
+                    aggregate: context.aggregate.clone(),
+                    sequence: context.current_sequence,
+                    snapshot: context.current_snapshot,
+                },
+            );
+        }
+        Ok(context)
     }
 
     /// An aggregate as cqrs-es's snapshot store loads it — the snapshot, then the events after
@@ -190,7 +238,13 @@ impl EventRepository {
                     .bind(state)
             }
         };
-        query.execute(&self.pool).await?;
+        // Checked out here rather than by `execute`, so the profile sees the checkout apart.
+        let mut connection = self
+            .pool
+            .acquire()
+            .instrument(tracing::debug_span!("pool.checkout"))
+            .await?;
+        query.execute(&mut *connection).await?;
         Ok(())
     }
 }
@@ -268,9 +322,25 @@ impl PersistedEventRepository for EventRepository {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         let snapshot = snapshot_update.map(|(_, state, number)| (state, number));
-        self.append::<A>(events, snapshot)
-            .await
-            .map_err(persistence_error)
+        let number = snapshot.as_ref().map(|(_, number)| *number);
+        let appended = self
+            .append::<A>(events, snapshot)
+            .instrument(tracing::debug_span!("command.append"))
+            .await;
+        match appended {
+            Ok(()) => {
+                self.cache.appended(A::TYPE, events, number);
+                Ok(())
+            }
+            Err(error) => {
+                // Refused (someone appended first) or unknown (it may have committed): either
+                // way the cached state may be behind the stream.
+                if let Some(first) = events.first() {
+                    self.cache.evict(A::TYPE, &first.aggregate_id);
+                }
+                Err(persistence_error(error))
+            }
+        }
     }
 
     async fn stream_events<A: Aggregate>(

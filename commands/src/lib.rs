@@ -6,10 +6,11 @@
 //!   a snapshot where there is one), decide, append — retrying optimistic-concurrency
 //!   conflicts, stamping metadata, and answering a repeated command with its first receipt.
 //! - [`event_repository`] is postgres-es's repository with loading and appending made one
-//!   round trip each.
+//!   round trip each, and [`aggregate_cache`] lets a command on a hot stream skip the load.
 //! - [`pool`] builds every pool, closing a connection returned inside a transaction.
 //! - [`ports`] implements the domain's ports over Postgres and the event store.
 
+pub mod aggregate_cache;
 pub mod bus;
 pub mod event_repository;
 pub mod migrations;

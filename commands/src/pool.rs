@@ -21,15 +21,23 @@
 //! (`test_before_acquire`, a bare sync): it proves the connection alive just as well, so a
 //! checkout costs the round trips it did before. A check on release instead would have added
 //! one to every checkout (measured: up to twice the time per trivial query on a busy pool).
+//!
+//! Only a connection that sat idle in the pool pays the check (`pool.before_acquire` in the
+//! bench's stage profile); a command on a cached aggregate checks out once, for its append.
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgConnection, Row};
+use tracing::Instrument;
 
 /// Pool options with the check; callers add sizes and timeouts.
 pub fn options() -> PgPoolOptions {
     PgPoolOptions::new()
         .test_before_acquire(false)
-        .before_acquire(|conn, _meta| Box::pin(not_in_transaction(conn)))
+        .before_acquire(|conn, _meta| {
+            Box::pin(
+                not_in_transaction(conn).instrument(tracing::debug_span!("pool.before_acquire")),
+            )
+        })
 }
 
 /// `true` when `conn` is outside any transaction block and may be handed out; an error (a

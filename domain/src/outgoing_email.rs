@@ -7,9 +7,13 @@
 //! the email id the caller chose, so that a retried send (the same idempotency key) names the
 //! same email and can never mail twice; sending anything else under that id is a conflict.
 //!
-//! The address, subject and body are personal data and sealed under the *sender's* key:
-//! erasing the sender shreds every email they wrote, and the relay then sends nothing for an
-//! email still waiting.
+//! The address, subject and body are personal data of the *recipient's*: the email is theirs
+//! once sent, and it is their address. So they are sealed under the recipient's key — the
+//! account holding the address, or for an address no account holds (a parent) a key of this
+//! email's own, which no one else's erasure touches. Erasing the sender leaves the email
+//! deliverable and readable; erasing the recipient shreds it, and the relay then sends nothing
+//! for an email still waiting. (Emails queued before this sealed under the sender's key; a
+//! `Sealed` names its subject, so they open as before.)
 
 use crate::actor::{Actor, Role};
 use crate::error::{DomainError, ErrorKind};
@@ -32,6 +36,9 @@ pub enum OutgoingEmailCommand {
     /// Queue one email to one recipient; the body is HTML.
     Send {
         sender: Actor,
+        /// Whose key the email is sealed under: the account that holds `recipient_email`, or,
+        /// for an address no account holds, the email's own id (see the module comment).
+        recipient: UserId,
         recipient_email: String,
         subject: String,
         body: String,
@@ -145,6 +152,7 @@ impl Aggregate for OutgoingEmail {
         let event = match command {
             OutgoingEmailCommand::Send {
                 sender,
+                recipient,
                 recipient_email,
                 subject,
                 body,
@@ -160,7 +168,12 @@ impl Aggregate for OutgoingEmail {
                 if self.sender.is_some() {
                     return Err(E::AlreadySent);
                 }
-                let recipient = EmailAddress::parse(&recipient_email).map_err(|e| match e {
+                // Nothing is sealed under the sender's key any more, so their erasure is
+                // asked of the directory.
+                if services.users.user(sender).await?.is_some_and(|u| u.erased) {
+                    return Err(E::Port(PortError::Erased(sender)));
+                }
+                let address = EmailAddress::parse(&recipient_email).map_err(|e| match e {
                     UserError::InvalidInput { reason, .. } => E::RecipientInvalid(reason),
                     other => E::RecipientInvalid(other.to_string()),
                 })?;
@@ -173,9 +186,9 @@ impl Aggregate for OutgoingEmail {
                 let body = required(&body, MAX_BODY_CHARS, E::BodyEmpty, E::BodyTooLong)?;
                 OutgoingEmailEvent::EmailQueued {
                     sender,
-                    recipient_email: services.vault.seal(sender, recipient.as_str()).await?,
-                    subject: services.vault.seal(sender, subject).await?,
-                    body: services.vault.seal(sender, body).await?,
+                    recipient_email: services.vault.seal(recipient, address.as_str()).await?,
+                    subject: services.vault.seal(recipient, subject).await?,
+                    body: services.vault.seal(recipient, body).await?,
                 }
             }
         };
@@ -202,9 +215,15 @@ mod tests {
         Framework::with(TestWorld::default().services())
     }
 
+    /// The recipient every test email is sealed for.
+    fn recipient() -> UserId {
+        UserId(uuid::Uuid::from_u128(0x5eed))
+    }
+
     fn send(sender: Actor, recipient: &str, subject: &str, body: &str) -> OutgoingEmailCommand {
         OutgoingEmailCommand::Send {
             sender,
+            recipient: self::recipient(),
             recipient_email: recipient.into(),
             subject: subject.into(),
             body: body.into(),
@@ -214,14 +233,14 @@ mod tests {
     fn queued(sender: UserId) -> OutgoingEmailEvent {
         OutgoingEmailEvent::EmailQueued {
             sender,
-            recipient_email: sealed(sender, "parent@example.com"),
-            subject: sealed(sender, "Parents' evening"),
-            body: sealed(sender, "<p>שלום רב</p>"),
+            recipient_email: sealed(recipient(), "parent@example.com"),
+            subject: sealed(recipient(), "Parents' evening"),
+            body: sealed(recipient(), "<p>שלום רב</p>"),
         }
     }
 
     #[test]
-    fn a_teacher_or_admin_queues_an_email_sealed_under_their_own_key() {
+    fn a_teacher_or_admin_queues_an_email_sealed_under_the_recipients_key() {
         for role in [Role::Teacher, Role::Admin] {
             let sender = UserId::new();
             framework()
@@ -287,9 +306,9 @@ mod tests {
             ))
             .then_expect_events(vec![OutgoingEmailEvent::EmailQueued {
                 sender: teacher.user_id().unwrap(),
-                recipient_email: sealed(teacher.user_id().unwrap(), "a@b.c"),
-                subject: sealed(teacher.user_id().unwrap(), &"ש".repeat(MAX_SUBJECT_CHARS)),
-                body: sealed(teacher.user_id().unwrap(), &"x".repeat(MAX_BODY_CHARS)),
+                recipient_email: sealed(recipient(), "a@b.c"),
+                subject: sealed(recipient(), &"ש".repeat(MAX_SUBJECT_CHARS)),
+                body: sealed(recipient(), &"x".repeat(MAX_BODY_CHARS)),
             }]);
     }
 
@@ -309,10 +328,56 @@ mod tests {
     }
 
     #[test]
+    fn an_erased_senders_queued_email_stays_readable_and_an_erased_recipients_does_not() {
+        let sender = UserId::new();
+        let world = TestWorld::default().with_user(sender, Role::Teacher);
+        let services = world.services();
+        let OutgoingEmailEvent::EmailQueued {
+            recipient_email, ..
+        } = queued(sender);
+        world.shred(sender);
+        let open = |sealed| run_ready(services.vault.open(sealed));
+        assert_eq!(
+            open(&recipient_email),
+            Ok(Some("parent@example.com".to_string()))
+        );
+        world.shred(recipient());
+        assert_eq!(open(&recipient_email), Ok(None));
+    }
+
+    /// Runs a future of the in-memory ports (they never wait) to completion.
+    fn run_ready<T>(future: impl std::future::Future<Output = T>) -> T {
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut context) {
+                return value;
+            }
+        }
+    }
+
+    #[test]
+    fn an_erased_recipient_gets_no_email() {
+        let sender = UserId::new();
+        let world = TestWorld::default().with_user(sender, Role::Teacher);
+        world.shred(recipient());
+        Framework::with(world.services())
+            .given_no_previous_events()
+            .when(send(
+                Actor::user(sender, Role::Teacher),
+                "parent@example.com",
+                "Hi",
+                "<p>Hi</p>",
+            ))
+            .then_expect_error(OutgoingEmailError::Port(PortError::Erased(recipient())));
+    }
+
+    #[test]
     fn an_erased_sender_cannot_send() {
         let sender = UserId::new();
         let world = TestWorld::default().with_user(sender, Role::Teacher);
-        world.shred(sender);
+        world.erase_user(sender);
         let error = OutgoingEmailError::Port(PortError::Erased(sender));
         assert_eq!(error.kind(), ErrorKind::Conflict);
         Framework::with(world.services())

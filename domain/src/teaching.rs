@@ -5,9 +5,12 @@
 //! the teacher's user id) keeps the list; the users themselves belong to other aggregates,
 //! so their roles are read through the [`crate::services::UserDirectory`] port.
 //!
-//! Unlike the original, a teacher may manage only their own list, and a student never
-//! manages one. Assigning and unassigning are idempotent: asking for what is already true
-//! is answered with success and records nothing.
+//! Unlike the original, only an admin (or the platform) puts a student on a teacher's list:
+//! a teacher who could assign themselves could read any student's work without the student
+//! ever agreeing. A teacher's consented way to a student is a class (the student joins with
+//! its code or accepts an invitation, `classroom.rs`). A teacher may still take a student
+//! off their own list, and a student never manages one. Assigning and unassigning are
+//! idempotent: asking for what is already true is answered with success and records nothing.
 
 use crate::actor::{Actor, Role};
 use crate::error::{DomainError, ErrorKind};
@@ -72,6 +75,8 @@ impl DomainEvent for TeacherStudentsEvent {
 pub enum TeacherStudentsError {
     #[error("only an admin or the teacher themself may change a teacher's list of students")]
     Forbidden,
+    #[error("only an admin assigns a student to a teacher; a teacher invites students to a class")]
+    OnlyAdminAssigns,
     #[error("user {id} was not found")]
     UserNotFound { field: &'static str, id: UserId },
     #[error("user {id} has the role {actual}, not {expected}")]
@@ -90,7 +95,9 @@ pub enum TeacherStudentsError {
 impl DomainError for TeacherStudentsError {
     fn kind(&self) -> ErrorKind {
         match self {
-            TeacherStudentsError::Forbidden => ErrorKind::Forbidden,
+            TeacherStudentsError::Forbidden | TeacherStudentsError::OnlyAdminAssigns => {
+                ErrorKind::Forbidden
+            }
             TeacherStudentsError::UserNotFound { .. } => ErrorKind::NotFound,
             TeacherStudentsError::WrongRole { .. } => ErrorKind::InvalidInput,
             TeacherStudentsError::UserErased(_) => ErrorKind::Conflict,
@@ -170,7 +177,9 @@ impl Aggregate for TeacherStudents {
                 student,
                 actor,
             } => {
-                ensure_may_manage(actor, teacher)?;
+                if !actor.is_admin() {
+                    return Err(TeacherStudentsError::OnlyAdminAssigns);
+                }
                 user_in_role(services, teacher, Role::Teacher, "teacherId").await?;
                 user_in_role(services, student, Role::Student, "studentId").await?;
                 if !self.is_assigned(student) {
@@ -272,6 +281,10 @@ mod tests {
             Actor::user(self.teacher, Role::Teacher)
         }
 
+        fn as_admin(&self) -> Actor {
+            Actor::user(self.admin, Role::Admin)
+        }
+
         fn erase(&self, id: UserId) {
             self.world.erase_user(id);
         }
@@ -286,16 +299,20 @@ mod tests {
     }
 
     #[test]
-    fn a_teacher_assigns_a_student_to_their_own_list() {
+    fn a_teacher_cannot_assign_a_student_even_to_their_own_list() {
         let f = fixture();
-        f.when(vec![], f.assign(f.as_teacher()))
-            .then_expect_events(vec![assigned(f.student)]);
+        let err = f
+            .when(vec![], f.assign(f.as_teacher()))
+            .inspect_result()
+            .unwrap_err();
+        assert_eq!(err, TeacherStudentsError::OnlyAdminAssigns);
+        assert_eq!(err.kind(), ErrorKind::Forbidden);
     }
 
     #[test]
     fn an_admin_or_the_system_assigns_to_any_teacher() {
         let f = fixture();
-        for actor in [Actor::user(f.admin, Role::Admin), Actor::System] {
+        for actor in [f.as_admin(), Actor::System] {
             f.when(vec![], f.assign(actor))
                 .then_expect_events(vec![assigned(f.student)]);
         }
@@ -304,7 +321,7 @@ mod tests {
     #[test]
     fn assigning_an_assigned_student_records_nothing() {
         let f = fixture();
-        f.when(vec![assigned(f.student)], f.assign(f.as_teacher()))
+        f.when(vec![assigned(f.student)], f.assign(f.as_admin()))
             .then_expect_events(vec![]);
     }
 
@@ -319,7 +336,7 @@ mod tests {
             Actor::Anonymous,
         ] {
             f.when(vec![], f.assign(actor))
-                .then_expect_error(TeacherStudentsError::Forbidden);
+                .then_expect_error(TeacherStudentsError::OnlyAdminAssigns);
             f.when(vec![assigned(f.student)], f.unassign(actor))
                 .then_expect_error(TeacherStudentsError::Forbidden);
         }
@@ -336,7 +353,7 @@ mod tests {
                 TeacherStudentsCommand::AssignStudent {
                     teacher: f.teacher,
                     student: stranger,
-                    actor: f.as_teacher(),
+                    actor: f.as_admin(),
                 },
             )
             .inspect_result()
@@ -404,7 +421,7 @@ mod tests {
                 TeacherStudentsCommand::AssignStudent {
                     teacher: f.teacher,
                     student: f.other_teacher,
-                    actor: f.as_teacher(),
+                    actor: f.as_admin(),
                 },
             )
             .inspect_result()
@@ -441,7 +458,7 @@ mod tests {
         let f = fixture();
         f.erase(f.student);
         let err = f
-            .when(vec![], f.assign(f.as_teacher()))
+            .when(vec![], f.assign(f.as_admin()))
             .inspect_result()
             .unwrap_err();
         assert_eq!(err, TeacherStudentsError::UserErased(f.student));
@@ -460,11 +477,8 @@ mod tests {
         let f = fixture();
         f.when(vec![assigned(f.student)], f.unassign(f.as_teacher()))
             .then_expect_events(vec![unassigned(f.student)]);
-        f.when(
-            vec![assigned(f.student)],
-            f.unassign(Actor::user(f.admin, Role::Admin)),
-        )
-        .then_expect_events(vec![unassigned(f.student)]);
+        f.when(vec![assigned(f.student)], f.unassign(f.as_admin()))
+            .then_expect_events(vec![unassigned(f.student)]);
     }
 
     #[test]

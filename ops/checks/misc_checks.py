@@ -84,6 +84,13 @@ def check_dockerfile(report: Report) -> None:
     entry = [l for l in final if l.upper().startswith("ENTRYPOINT")]
     if bins and (not entry or f"/{bins[0]}" not in entry[-1]):
         report.fail("dockerfile", path, f"ENTRYPOINT must run the `{bins[0]}` binary")
+    # Unset, TEACHIN_ENV means local mode and its published secrets: the image names a cloud
+    # environment, so it refuses to start without secrets of its own (src/config.rs).
+    envs = [re.match(r"ENV\s+TEACHIN_ENV[=\s]+\"?([^\"\s]+)", l) for l in final]
+    envs = [e[1] for e in envs if e]
+    if not envs or envs[-1].lower() == "local":
+        report.fail("dockerfile", path, "the runtime stage must set TEACHIN_ENV to a cloud environment "
+                    "(e.g. ENV TEACHIN_ENV=production), or the image runs in local mode on the published secrets")
     m = re.search(r'rust-version\s*=\s*"(\d+)\.(\d+)', cargo)
     arg = re.search(r"ARG RUST_VERSION=(\d+)\.(\d+)", text)
     if m and arg and (int(arg[1]), int(arg[2])) < (int(m[1]), int(m[2])):
@@ -92,7 +99,7 @@ def check_dockerfile(report: Report) -> None:
     if not ignore.exists() or "target" not in ignore.read_text().split():
         report.fail("dockerfile", ignore, "must exclude target/ from the build context")
     if len(report.failures) == before:
-        report.ok("dockerfile", "multi-stage, non-root runtime, runs the teachin binary")
+        report.ok("dockerfile", "multi-stage, non-root runtime, runs the teachin binary, TEACHIN_ENV set")
 
 
 def check_workflows(report: Report) -> None:

@@ -10,7 +10,7 @@ use teachin_domain::achievements::catalog;
 use teachin_domain::actor::Role;
 use teachin_domain::vocabulary::{Difficulty, GameType};
 use teachin_projections::queries::{
-    DateRange, Page, PageRequest, ReadModels, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
+    DateRange, Page, PageRequest, ReadModels, Recipients, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
 };
 use uuid::Uuid;
 
@@ -95,6 +95,20 @@ async fn member(pool: &PgPool, class: Uuid, user: Uuid, role: &str) {
     .bind(class)
     .bind(user)
     .bind(role)
+    .bind(t0())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn invite(pool: &PgPool, class: Uuid, student: Uuid, invited_by: Uuid) {
+    sqlx::query(
+        "INSERT INTO read_model.classroom_invitations (classroom_id, student_id, invited_by, invited_at)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(class)
+    .bind(student)
+    .bind(invited_by)
     .bind(t0())
     .execute(pool)
     .await
@@ -353,6 +367,30 @@ async fn teachers_students_and_relation_checks() {
     member(pool, club, other_teacher, "Student").await;
     member(pool, club, stranger, "Student").await;
 
+    // A student the teacher invited who has not accepted is not theirs; nor is an admin or
+    // another teacher who was put in the class (as the original allowed).
+    let invitee = user(pool, "Student", "Ivy", "Four", t0()).await;
+    invite(pool, class, invitee, teacher).await;
+    let admin = user(pool, "Admin", "Ada", "Min", t0()).await;
+    member(pool, class, admin, "Admin").await;
+    member(pool, class, other_teacher, "Teacher").await;
+    assert!(!models.is_teacher_of(teacher, invitee).await.unwrap());
+    assert!(!models.is_teacher_of(teacher, admin).await.unwrap());
+    assert!(!models.is_teacher_of(teacher, other_teacher).await.unwrap());
+    assert!(models
+        .class_invitations_of(invitee)
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.class_id == class
+            && i.invited_by == Some(teacher)
+            && i.invited_by_name == "Tina Teach"));
+    assert!(models
+        .class_invitations_of(classmate)
+        .await
+        .unwrap()
+        .is_empty());
+
     assert!(models.is_teacher_of(teacher, assigned).await.unwrap());
     assert!(models.is_teacher_of(teacher, classmate).await.unwrap());
     assert!(!models.is_teacher_of(teacher, stranger).await.unwrap());
@@ -364,6 +402,7 @@ async fn teachers_students_and_relation_checks() {
     assert!(models.shares_class(classmate, teacher).await.unwrap());
     assert!(models.shares_class(other_teacher, stranger).await.unwrap());
     assert!(!models.shares_class(teacher, stranger).await.unwrap());
+    assert!(!models.shares_class(teacher, invitee).await.unwrap());
     assert!(!models.shares_class(teacher, assigned).await.unwrap());
 
     let students = models
@@ -401,31 +440,88 @@ async fn recipients_match_exact_names_ignoring_case_and_skip_erased_users() {
         list.into_iter().map(|r| r.user_id).collect()
     };
     assert_eq!(
-        ids(models.search_recipients("dana").await.unwrap()),
+        ids(models
+            .search_recipients("dana", Recipients::Everyone)
+            .await
+            .unwrap()),
         HashSet::from([dana])
     );
     assert_eq!(
-        ids(models.search_recipients("LEVI").await.unwrap()),
+        ids(models
+            .search_recipients("LEVI", Recipients::Everyone)
+            .await
+            .unwrap()),
         HashSet::from([dana, levi])
     );
     assert_eq!(
-        ids(models.search_recipients("  dana   levi ").await.unwrap()),
+        ids(models
+            .search_recipients("  dana   levi ", Recipients::Everyone)
+            .await
+            .unwrap()),
         HashSet::from([dana])
     );
     assert_eq!(
-        ids(models.search_recipients("Dan").await.unwrap()),
+        ids(models
+            .search_recipients("Dan", Recipients::Everyone)
+            .await
+            .unwrap()),
         HashSet::from([dan])
     );
-    assert!(models.search_recipients("Da").await.unwrap().is_empty());
     assert!(models
-        .search_recipients("Dana Cohen")
+        .search_recipients("Da", Recipients::Everyone)
         .await
         .unwrap()
         .is_empty());
-    assert!(models.search_recipients("   ").await.unwrap().is_empty());
-    let found = models.search_recipients("noa levi").await.unwrap();
+    assert!(models
+        .search_recipients("Dana Cohen", Recipients::Everyone)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(models
+        .search_recipients("   ", Recipients::Everyone)
+        .await
+        .unwrap()
+        .is_empty());
+    let found = models
+        .search_recipients("noa levi", Recipients::Everyone)
+        .await
+        .unwrap();
     assert_eq!(found[0].role, Role::Teacher);
     assert!(found[0].email.contains('@'));
+
+    // A teacher looks only among their own students: `dana` through a class she joined,
+    // `dan` assigned; never a stranger, a student only invited, nor a fellow teacher.
+    let teacher = user(pool, "Teacher", "Tina", "Teach", t0()).await;
+    let class = classroom(pool, "Hebrew 1").await;
+    member(pool, class, teacher, "Teacher").await;
+    member(pool, class, dana, "Student").await;
+    member(pool, class, levi, "Teacher").await;
+    assign(pool, teacher, dan).await;
+    let invited = user(pool, "Student", "Dana", "Invited", t0()).await;
+    invite(pool, class, invited, teacher).await;
+    let _stranger = user(pool, "Student", "Dana", "Stranger", t0()).await;
+    let mine = |name: &'static str| {
+        let models = models.clone();
+        async move {
+            ids(models
+                .search_recipients(name, Recipients::StudentsOf(teacher))
+                .await
+                .unwrap())
+        }
+    };
+    assert_eq!(mine("dana").await, HashSet::from([dana]));
+    assert_eq!(mine("Dan").await, HashSet::from([dan]));
+    assert!(mine("levi").await.contains(&dana));
+    assert!(!mine("levi").await.contains(&levi));
+    assert!(mine("Stranger").await.is_empty());
+    assert_eq!(
+        ids(models
+            .search_recipients("Stranger", Recipients::Everyone)
+            .await
+            .unwrap())
+        .len(),
+        1
+    );
 }
 
 #[tokio::test]

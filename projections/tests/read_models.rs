@@ -299,7 +299,10 @@ fn every_projection_is_registered_with_its_tables() {
         ("game_configs", vec!["game_configs"]),
         ("users", vec!["users"]),
         ("teacher_students", vec!["teacher_students"]),
-        ("classrooms", vec!["classrooms", "classroom_members"]),
+        (
+            "classrooms",
+            vec!["classrooms", "classroom_members", "classroom_invitations"],
+        ),
         (
             "tutor_sessions",
             vec!["tutor_sessions", "tutor_messages", "ai_requests"],
@@ -574,7 +577,8 @@ async fn teacher_students_follow_assignments_and_unassignments() {
     world
         .register(s2, Role::Student, "Eli", "eli@example.com")
         .await;
-    let actor = Actor::user(teacher, Role::Teacher);
+    // Only an admin (here the platform) assigns.
+    let actor = Actor::System;
     let world = &world;
     let list = |command| async move {
         world
@@ -624,22 +628,27 @@ async fn teacher_students_follow_assignments_and_unassignments() {
 // --- classrooms -----------------------------------------------------------------------------
 
 #[tokio::test]
-async fn classrooms_keep_their_members_and_a_deleted_class_goes_with_them() {
+async fn classrooms_keep_their_members_and_invitations_and_a_deleted_class_goes_with_them() {
     let world = World::new().await;
     let teacher = UserId::new();
-    let (s1, s2) = (UserId::new(), UserId::new());
+    let (s1, s2, s3, s4) = (UserId::new(), UserId::new(), UserId::new(), UserId::new());
     world
         .register(teacher, Role::Teacher, "Tali", "tali@example.com")
         .await;
-    world
-        .register(s1, Role::Student, "Sara", "sara@example.com")
-        .await;
-    world
-        .register(s2, Role::Student, "Eli", "eli@example.com")
-        .await;
+    for (id, name) in [(s1, "Sara"), (s2, "Eli"), (s3, "Noa"), (s4, "Dan")] {
+        world
+            .register(
+                id,
+                Role::Student,
+                name,
+                &format!("{}@example.com", name.to_lowercase()),
+            )
+            .await;
+    }
     let actor = Actor::user(teacher, Role::Teacher);
+    let student = |id| Actor::user(id, Role::Student);
     let world = &world;
-    let class = |id: ClassroomId, command| async move {
+    let class = |id: ClassroomId, command, actor| async move {
         world
             .bus
             .execute::<Classroom>(&id.to_string(), command, &context(actor))
@@ -660,26 +669,38 @@ async fn classrooms_keep_their_members_and_a_deleted_class_goes_with_them() {
                 join_code: JoinCode::parse(code).unwrap(),
                 created_by: actor,
             },
-        )
-        .await;
-        class(
-            id,
-            ClassroomCommand::AddMembers {
-                user_ids: vec![s1, s2],
-                actor,
-            },
+            actor,
         )
         .await;
     }
+    // `kept`: the teacher invites four; one accepts, one joins with the code instead, one
+    // invitation is withdrawn and one is left waiting.
+    let add = |user_ids| ClassroomCommand::AddMembers { user_ids, actor };
+    class(kept, add(vec![s1, s2, s3, s4]), actor).await;
     class(
         kept,
-        ClassroomCommand::RemoveMembers {
-            user_ids: vec![s1],
-            actor,
-        },
+        ClassroomCommand::AcceptInvitation { actor: student(s1) },
+        student(s1),
     )
     .await;
-    class(dropped, ClassroomCommand::Delete { actor }).await;
+    let join = ClassroomCommand::Join {
+        join_code: JoinCode::parse("ABCDEFGH").unwrap(),
+        actor: student(s3),
+    };
+    class(kept, join, student(s3)).await;
+    let withdraw = ClassroomCommand::RemoveMembers {
+        user_ids: vec![s4],
+        actor,
+    };
+    class(kept, withdraw, actor).await;
+    // `dropped`: the platform adds one, the teacher invites another, then it is deleted.
+    let added = ClassroomCommand::AddMembers {
+        user_ids: vec![s1],
+        actor: Actor::System,
+    };
+    class(dropped, added, Actor::System).await;
+    class(dropped, add(vec![s2]), actor).await;
+    class(dropped, ClassroomCommand::Delete { actor }, actor).await;
 
     rebuild_every_way(world.pool(), &Classrooms).await;
     let classes = rows(
@@ -703,13 +724,27 @@ async fn classrooms_keep_their_members_and_a_deleted_class_goes_with_them() {
         kept.0,
     )
     .await;
-    members.sort_by_key(|m| m["role"].to_string());
+    members.sort_by_key(|m| (m["role"].to_string(), m["added_by"].to_string()));
     assert_eq!(
         members,
         vec![
-            json!({"classroom_id": kept.0, "user_id": s2.0, "role": "Student", "added_by": teacher.0}),
+            // Accepted the teacher's invitation.
+            json!({"classroom_id": kept.0, "user_id": s1.0, "role": "Student", "added_by": teacher.0}),
+            // Joined with the code: added by nobody.
+            json!({"classroom_id": kept.0, "user_id": s3.0, "role": "Student", "added_by": null}),
             json!({"classroom_id": kept.0, "user_id": teacher.0, "role": "Teacher", "added_by": teacher.0}),
         ]
+    );
+    let invitations = rows(
+        world.pool(),
+        "SELECT classroom_id, student_id, invited_by FROM read_model.classroom_invitations
+          WHERE $1::uuid IS NOT NULL",
+        kept.0,
+    )
+    .await;
+    assert_eq!(
+        invitations,
+        vec![json!({"classroom_id": kept.0, "student_id": s2.0, "invited_by": teacher.0})]
     );
 }
 

@@ -189,3 +189,24 @@ pub async fn read_models_caught_up(pool: &sqlx::PgPool) -> bool {
     .unwrap();
     known as usize == names.len() && behind == 0
 }
+
+/// Polls `check` until it returns `Some` (read models follow the log asynchronously); fails
+/// the test after a minute, a deadline no healthy run comes near.
+#[allow(dead_code)]
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -67,10 +67,11 @@ impl Portal {
         (status, response.json().await.unwrap())
     }
 
+    /// A request as the portals send it: JSON, the bearer token, and the CSRF token echoed
+    /// (which `refreshSession` and a cookie `logout` require).
     pub async fn gql(&self, query: &str, variables: Value) -> Value {
-        self.post(json!({ "query": query, "variables": variables }), None)
-            .await
-            .1
+        let body = json!({ "query": query, "variables": variables });
+        self.post(body, self.csrf.as_deref()).await.1
     }
 
     pub async fn sign_up(&self, first: &str, email: &str) -> String {
@@ -151,4 +152,39 @@ pub fn code(response: &Value) -> Option<String> {
 /// A fresh address, so tests never share an account.
 pub fn email(name: &str) -> String {
     format!("{name}-{}@example.com", Uuid::new_v4().simple())
+}
+
+/// A new admin (made by the operator's command, as in production), signed in.
+pub async fn admin(app: &RunningApp) -> Portal {
+    let address = email("admin");
+    app.create_admin(&address, PASSWORD);
+    let mut portal = Portal::new(app);
+    portal.login(&address).await;
+    portal
+}
+
+/// A new teacher, created by `admin` (teachers cannot sign up), signed in.
+pub async fn teacher(app: &RunningApp, admin: &Portal, name: &str) -> Portal {
+    let address = email(name);
+    let r = admin
+        .gql(
+            "mutation($email: String!, $name: String!, $password: String!) {
+               createUser(input: {role: TEACHER, firstName: $name, lastName: \"Teacher\", email: $email, password: $password}) { id }
+             }",
+            json!({ "email": address, "name": name, "password": PASSWORD }),
+        )
+        .await;
+    assert!(r["data"]["createUser"]["id"].is_string(), "{r}");
+    let mut portal = Portal::new(app);
+    portal.login(&address).await;
+    portal
+}
+
+/// A new student who signed up, signed in.
+pub async fn student(app: &RunningApp, name: &str) -> Portal {
+    let address = email(name);
+    let mut portal = Portal::new(app);
+    portal.sign_up(name, &address).await;
+    portal.login(&address).await;
+    portal
 }

@@ -20,10 +20,11 @@
 //! | `EmailQueued` (OutgoingEmail) | `accessor-queue` | `SendEmail` | [`SendEmail`], opened |
 //!
 //! An email is the one message that carries personal data: the accessor has no access to
-//! the log, so the relay opens the sealed address, subject and body with the sender's key
-//! (the [`KeyRing`] projections use) and puts the plaintext on the queue. An email whose
-//! sender was erased before it was relayed opens to nothing and is logged and skipped: the
-//! erasure shredded it, and it must not be sent.
+//! the log, so the relay opens the sealed address, subject and body with the recipient's
+//! key (each sealed value names its key holder; the [`KeyRing`] projections use) and puts
+//! the plaintext on the queue. An email whose recipient was erased before it was relayed
+//! opens to nothing and is logged and skipped: the erasure shredded it, and it must not be
+//! sent.
 //!
 //! The message id is the event's `event_id`, the correlation id the command's.
 //!
@@ -326,7 +327,7 @@ fn generation_message(event: &LoggedEvent) -> Option<(QueueName, OutgoingMessage
 }
 
 /// The `accessor-queue` message an outgoing email's event asks for: the email, opened.
-/// `None` for an email that cannot be opened any more (its sender was erased).
+/// `None` for an email that cannot be opened any more (its recipient was erased).
 async fn email_message(
     event: &LoggedEvent,
     conn: &mut PoolConnection<Postgres>,
@@ -347,7 +348,7 @@ async fn email_message(
         keys.open(conn, &body).await?,
     ) else {
         tracing::warn!(event_id = %event.event_id, email = %event.aggregate_id, %sender,
-            "outbox relay: the sender of a queued email was erased; the email is not sent");
+            "outbox relay: the recipient of a queued email was erased; the email is not sent");
         return Ok(None);
     };
     let job = SendEmail {

@@ -1016,6 +1016,93 @@ async fn service_bus_keeps_the_session_id_on_retry_copies_and_rest_cannot_read_s
     );
 }
 
+/// `oldest_enqueued_at` is when the oldest message still in the queue — waiting, locked, or
+/// waiting out a retry's backoff — was first enqueued; `None` when the queue is empty. What
+/// the queue-age alert reads, so it must move on when the oldest message leaves, and must not
+/// restart a message's age when it is retried.
+async fn oldest_enqueued_at_follows_the_oldest_message_in_the_queue(backend: Backend) {
+    let f = backend.plain().await;
+    let oldest = || async { f.bus.stats(Q).await.unwrap().oldest_enqueued_at };
+    assert_eq!(oldest().await, None, "an empty queue has no oldest message");
+
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    f.bus.send(Q, message("m-1", 1)).await.unwrap();
+    let after = chrono::Utc::now();
+    let first = oldest().await.expect("m-1 is in the queue");
+    assert!(
+        before <= first && first <= after,
+        "{before} <= {first} <= {after}"
+    );
+    // Distinct enqueue times (the broker's are kept to the second on some paths).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.bus.send(Q, message("m-2", 2)).await.unwrap();
+    assert_eq!(oldest().await, Some(first), "m-1 is still the oldest");
+
+    // Locked by a receiver: still in the queue.
+    let m1 = f.bus.receive(Q, SOME_WAIT).await.unwrap().expect("m-1");
+    assert_eq!(m1.message_id, "m-1");
+    assert_eq!(oldest().await, Some(first), "a locked message counts");
+
+    // Abandoned with a delay: waiting out its backoff, it keeps its first enqueue.
+    f.bus
+        .abandon(&m1, Abandon::after(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let retried = oldest().await.expect("m-1 waits for its retry");
+    assert!(
+        retried <= first && first - retried < chrono::Duration::seconds(1),
+        "a retry keeps its first enqueue: {retried} vs {first}"
+    );
+
+    // m-2 comes first (m-1 waits); then m-1. Once m-1 is done, m-2 is the oldest.
+    let m2 = f.bus.receive(Q, SOME_WAIT).await.unwrap().expect("m-2");
+    assert_eq!(m2.message_id, "m-2");
+    let m1 = f
+        .bus
+        .receive(Q, SOME_WAIT)
+        .await
+        .unwrap()
+        .expect("m-1 again");
+    assert_eq!(m1.message_id, "m-1");
+    f.bus.complete(&m1).await.unwrap();
+    let now_oldest = oldest().await.expect("m-2 is in the queue");
+    assert!(
+        now_oldest >= first + chrono::Duration::seconds(1),
+        "m-2's enqueue ({now_oldest}), not m-1's ({first})"
+    );
+    f.bus.complete(&m2).await.unwrap();
+    assert_eq!(oldest().await, None, "empty again");
+}
+
+/// A retry keeps its first enqueue even behind a backlog longer than one read of the queue
+/// (Service Bus peeks in pages): the oldest is found wherever it sits.
+async fn oldest_enqueued_at_finds_a_retry_behind_a_backlog(backend: Backend) {
+    let f = backend.plain().await;
+    f.bus.send(Q, message("old", 0)).await.unwrap();
+    let first = f.bus.stats(Q).await.unwrap().oldest_enqueued_at.unwrap();
+    let old = f.bus.receive(Q, SOME_WAIT).await.unwrap().expect("old");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let backlog = teachin_workers::bus::peek::PEEK_PAGE as i64 + 10;
+    for n in 0..backlog {
+        f.bus
+            .send(Q, message(&format!("new-{n}"), n))
+            .await
+            .unwrap();
+    }
+    // Back at the end of the queue (on Service Bus, a copy behind the whole backlog).
+    f.bus
+        .abandon(&old, Abandon::after(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let stats = f.bus.stats(Q).await.unwrap();
+    assert_eq!(stats.depth, backlog + 1);
+    let oldest = stats.oldest_enqueued_at.unwrap();
+    assert!(
+        oldest <= first && first - oldest < chrono::Duration::seconds(1),
+        "the retried message's first enqueue ({first}), found: {oldest}"
+    );
+}
+
 macro_rules! contract {
     ($($behaviour:ident),* $(,)?) => {
         mod postgres {
@@ -1058,6 +1145,8 @@ contract!(
     sessions_go_to_one_receiver_at_a_time_in_order,
     a_session_is_held_while_renewed_and_passes_on_when_its_holder_stops,
     released_sessions_pass_on_at_once,
+    oldest_enqueued_at_follows_the_oldest_message_in_the_queue,
+    oldest_enqueued_at_finds_a_retry_behind_a_backlog,
 );
 
 /// The local endpoint checks SAS signatures as Service Bus does, so the adapter's signing is
@@ -1068,8 +1157,67 @@ async fn service_bus_refuses_a_wrongly_signed_request() {
     let endpoint = LocalServiceBus::start(LocalServiceBusSettings::default()).await;
     let mut config = endpoint.config();
     config.key = "not-the-key".into();
+    if let Some(stats) = config.stats_policy.as_mut() {
+        stats.key = "not-the-key either".into();
+    }
     let bus = ServiceBus::new(config, endpoint.http_client(), db.pool.clone()).unwrap();
     let refused = bus.send(Q, message("m", 1)).await.unwrap_err();
     assert!(refused.to_string().contains("401"), "{refused}");
-    assert!(bus.stats(Q).await.is_err());
+    let refused = bus.stats(Q).await.unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+}
+
+/// The peek signs in with SASL PLAIN (a policy's name and key), as Service Bus accepts a
+/// shared access rule over AMQP: a wrong key is refused, and says so rather than hanging.
+#[tokio::test]
+async fn service_bus_peek_refuses_a_wrong_key() {
+    use teachin_workers::bus::peek::oldest_enqueued_at;
+    let endpoint = LocalServiceBus::start(LocalServiceBusSettings::default()).await;
+    let config = endpoint.config();
+    assert_eq!(oldest_enqueued_at(&config, Q).await.unwrap(), None);
+    let mut wrong = config.clone();
+    if let Some(stats) = wrong.stats_policy.as_mut() {
+        stats.key = "not-the-key".into();
+    }
+    let refused = oldest_enqueued_at(&wrong, Q).await.unwrap_err();
+    assert!(refused.to_string().contains("peeking at"), "{refused}");
+}
+
+/// As on Azure, the management API wants Manage: the roles' Listen+Send policy cannot read
+/// statistics, and the adapter reads them with the stats policy
+/// (`ServiceBus__StatsConnectionString`) while it sends and receives with the data one.
+#[tokio::test]
+async fn service_bus_reads_statistics_with_the_stats_policy_not_the_data_one() {
+    use teachin_workers::bus::servicebus::ServiceBusConfig;
+    use teachin_workers::testing::servicebus::{APP_POLICY, STATS_POLICY};
+    let db = TestDatabase::new().await;
+    let endpoint = LocalServiceBus::start(LocalServiceBusSettings::default()).await;
+    let adapter = |config: ServiceBusConfig| -> Arc<dyn Bus> {
+        Arc::new(ServiceBus::new(config, endpoint.http_client(), db.pool.clone()).unwrap())
+    };
+
+    // The data policy alone (no stats connection string): messages flow, statistics do not.
+    let data_only =
+        ServiceBusConfig::from_connection_string(&endpoint.connection_string(APP_POLICY)).unwrap();
+    let data_only = adapter(data_only);
+    data_only.send(Q, message("m-1", 1)).await.unwrap();
+    let refused = data_only.stats(Q).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("401") && refused.to_string().contains("Manage"),
+        "{refused}"
+    );
+
+    // The production configuration: the same data policy, and the stats policy for stats.
+    let config = endpoint.config();
+    assert_eq!(config.policy_name, APP_POLICY);
+    assert_eq!(config.statistics_policy().name, STATS_POLICY);
+    let bus = adapter(config);
+    assert_eq!(bus.stats(Q).await.unwrap().depth, 1);
+    let got = bus
+        .receive(Q, SOME_WAIT)
+        .await
+        .unwrap()
+        .expect("the message");
+    bus.complete(&got).await.unwrap();
+    assert_eq!(bus.stats(Q).await.unwrap().depth, 0);
 }

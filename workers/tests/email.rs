@@ -230,6 +230,38 @@ async fn send(bus: &Arc<dyn Bus>, id: &str, recipient: &str) {
 }
 
 #[tokio::test]
+async fn a_hostile_body_reaches_the_relay_sanitised() {
+    let f = fixture().await;
+    f.bus
+        .send(
+            QueueName::Accessor,
+            OutgoingMessage::new(
+                uuid::Uuid::new_v4().to_string(),
+                email::SEND_EMAIL,
+                serde_json::json!({
+                    "recipientEmail": "parent@example.com",
+                    "subject": "Progress",
+                    "body": "<p>Great <i>work</i>!</p><script>alert(document.cookie)</script>\
+                             <img src=\"x\" onerror=\"alert(1)\">",
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.consumer.process_one(WAIT).await.unwrap(),
+        Some(Settled::Completed)
+    );
+    let delivered = f.mailbox.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let data = &delivered[0].data;
+    for gone in ["<script", "alert(", "onerror"] {
+        assert!(!data.contains(gone), "{gone} reached the relay: {data}");
+    }
+    assert!(data.contains("<i>work</i>"), "{data}");
+}
+
+#[tokio::test]
 async fn a_send_email_job_is_delivered_over_smtp_with_auth_and_a_stable_message_id() {
     let f = fixture().await;
     let id = uuid::Uuid::new_v4().to_string();
@@ -345,6 +377,7 @@ async fn a_teachers_email_is_relayed_and_arrives_once_even_if_the_relay_crashes(
             &uuid::Uuid::new_v4().to_string(),
             OutgoingEmailCommand::Send {
                 sender: teacher,
+                recipient: UserId::new(),
                 recipient_email: "Parent@Example.com".into(),
                 subject: "Parents evening".into(),
                 body: "<p>See you on <b>Tuesday</b>.</p>".into(),

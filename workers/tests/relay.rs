@@ -387,7 +387,14 @@ async fn the_running_relay_follows_new_events_and_stops_on_shutdown() {
         .unwrap();
 }
 
-async fn send_email(commands: &CommandBus, sender: UserId, recipient: &str, body: &str) -> Uuid {
+/// Queues an email sealed under `recipient_key` (the recipient's personal-data key).
+async fn send_email(
+    commands: &CommandBus,
+    sender: UserId,
+    recipient_key: UserId,
+    recipient: &str,
+    body: &str,
+) -> Uuid {
     let email = Uuid::new_v4();
     let teacher = Actor::user(sender, Role::Teacher);
     commands
@@ -395,6 +402,7 @@ async fn send_email(commands: &CommandBus, sender: UserId, recipient: &str, body
             &email.to_string(),
             OutgoingEmailCommand::Send {
                 sender: teacher,
+                recipient: recipient_key,
                 recipient_email: recipient.into(),
                 subject: "ערב הורים".into(),
                 body: body.into(),
@@ -407,16 +415,32 @@ async fn send_email(commands: &CommandBus, sender: UserId, recipient: &str, body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_queued_email_becomes_one_opened_send_email_job_unless_its_sender_was_erased() {
+async fn a_queued_email_becomes_one_opened_send_email_job_unless_its_recipient_was_erased() {
     let db = TestDatabase::new().await;
     let commands = commands(&db);
     let bus = postgres_bus(&db);
     let teacher = UserId::new();
     let erased = UserId::new();
-    let sent = send_email(&commands, teacher, "Parent@Example.com", "<p>שלום רב</p>").await;
-    send_email(&commands, erased, "other@example.com", "<p>forgotten</p>").await;
-    // The second sender is erased after queueing but before the relay saw the email.
+    let sent = send_email(
+        &commands,
+        teacher,
+        UserId::new(),
+        "Parent@Example.com",
+        "<p>שלום רב</p>",
+    )
+    .await;
+    send_email(
+        &commands,
+        teacher,
+        erased,
+        "other@example.com",
+        "<p>forgotten</p>",
+    )
+    .await;
+    // The second recipient is erased after queueing but before the relay saw the email; the
+    // sender's erasure changes nothing (the email is sealed under the recipient's key).
     commands.services().vault.shred(erased).await.unwrap();
+    commands.services().vault.shred(teacher).await.unwrap();
     wait_settled(&db).await;
 
     let relay = OutboxRelay::new(db.pool.clone(), bus.clone(), RelayConfig::default());
@@ -452,7 +476,7 @@ async fn a_queued_email_becomes_one_opened_send_email_job_unless_its_sender_was_
             .await
             .unwrap()
             .is_none(),
-        "the erased sender's email is not sent"
+        "the erased recipient's email is not sent"
     );
     assert!(bus
         .receive(QueueName::Engine, Duration::ZERO)

@@ -203,9 +203,13 @@ impl RefreshSessions {
         }
     }
 
-    /// Ends the family the token belongs to (logout); returns whose it was. Unknown tokens
-    /// are ignored.
-    pub async fn revoke(&self, refresh_token: &str) -> Result<Option<UserId>, SessionError> {
+    /// Ends the family the token belongs to (logout), when `csrf_token` is the one issued
+    /// with it; returns whose it was. Unknown tokens are ignored.
+    pub async fn revoke(
+        &self,
+        refresh_token: &str,
+        csrf_token: &str,
+    ) -> Result<Option<UserId>, SessionError> {
         let fam: Option<String> = self
             .redis
             .get(self.token_key(&self.digest(refresh_token)))
@@ -213,7 +217,15 @@ impl RefreshSessions {
         let Some(fam) = fam else {
             return Ok(None);
         };
-        let user: Option<String> = self.redis.hget(self.family_key(&fam), "user").await?;
+        let (user, csrf): (Option<String>, Option<String>) = self
+            .redis
+            .hmget(self.family_key(&fam), vec!["user", "csrf"])
+            .await?;
+        if let Some(bound) = csrf {
+            if !same_secret(&bound, &self.digest(csrf_token)) {
+                return Err(SessionError::CsrfMismatch);
+            }
+        }
         let _: () = self.redis.del(self.family_key(&fam)).await?;
         Ok(user.and_then(|u| u.parse().ok()))
     }
@@ -292,6 +304,20 @@ pub fn random_token() -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub use cookie::SameSite;
+
+/// The `SameSite` attribute of the session cookies, from its setting: `strict` where the
+/// portals share the API's site; `none` only where they are on another site, and the browser
+/// must send the cookies cross-site (the CSRF header is then what protects them); `lax`.
+pub fn same_site(setting: &str) -> Option<SameSite> {
+    match setting.trim().to_ascii_lowercase().as_str() {
+        "strict" => Some(SameSite::Strict),
+        "lax" => Some(SameSite::Lax),
+        "none" => Some(SameSite::None),
+        _ => None,
+    }
 }
 
 /// Compares two secrets without leaking, through timing, where they first differ.

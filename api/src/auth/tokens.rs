@@ -153,6 +153,7 @@ impl AccessTokens {
     }
 
     pub fn verify(&self, token: &str) -> Result<Authenticated, TokenError> {
+        let _span = tracing::debug_span!("auth.jwt").entered();
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {

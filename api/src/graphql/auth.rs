@@ -1,15 +1,17 @@
 //! Signing up, in and out, and renewing an access token.
 //!
 //! The refresh token never reaches JavaScript: it travels in an HttpOnly cookie. Its
-//! companion CSRF token is readable, and a refresh must echo it in `X-CSRF-Token`; the API
-//! compares the header with the cookie and with the value bound to the session, so a
-//! cross-site request — which carries the cookies but cannot read them — is refused.
-//! Login and refresh are rate-limited per client address.
+//! companion CSRF token is readable, and a refresh or a logout that presents the refresh
+//! cookie must echo it in `X-CSRF-Token`; the API compares the header with the cookie and
+//! with the value bound to the session, so a cross-site request — which carries the cookies
+//! but cannot read them — is refused.
+//! Sign-up and refresh are rate-limited per client address; sign-in counts only failures,
+//! per account and per client address (`auth::rate_limit`).
 
 use super::{authorize, command_context, new_id, request, state};
 use crate::access::Subject;
 use crate::auth::password;
-use crate::auth::rate_limit::Budget;
+use crate::auth::rate_limit::{Budget, Limited, SignInLimits};
 use crate::auth::sessions::{SessionError, SessionTokens};
 use crate::error::{ApiError, ApiResult};
 use async_graphql::{Context, InputObject, Object, SimpleObject};
@@ -71,8 +73,13 @@ impl AuthMutation {
         idempotency_key: Option<String>,
     ) -> ApiResult<SignedUp> {
         let caller = authorize(ctx, "signUp", Subject::Caller).await?;
+        // Every sign-up in a request counts, aliased ones included.
+        limit(ctx, "signUp", state(ctx).policy.signup_budget).await?;
         password::check_strength(&input.password)
             .map_err(|rule| ApiError::bad_input("password", rule))?;
+        let password_hash = password::hash_async(input.password)
+            .await
+            .map_err(ApiError::internal)?;
         // Anonymous callers share one issuer name, so the key is scoped by the address too:
         // two people who picked the same key do not collide.
         let idempotency_key = idempotency_key.map(|key| {
@@ -86,7 +93,7 @@ impl AuthMutation {
             first_name: input.first_name,
             last_name: input.last_name,
             email: input.email,
-            password_hash: password::hash(&input.password),
+            password_hash,
             preferred_language: input.preferred_language.unwrap_or_default(),
             hebrew_level: input.hebrew_level,
             interests: input.interests,
@@ -113,7 +120,17 @@ impl AuthMutation {
     ) -> ApiResult<AuthSession> {
         authorize(ctx, "login", Subject::Caller).await?;
         let api = state(ctx);
-        limit(ctx, "login", api.policy.login_budget).await?;
+        // Before anything is looked up, and the same for every email, so a refusal tells
+        // nothing about which addresses have accounts.
+        let limits = SignInLimits {
+            client_failures: api.policy.login_budget,
+            account: api.policy.login_backoff,
+        };
+        let attempt = api
+            .limiter
+            .begin_sign_in(&request(ctx).client_ip, &email, limits)
+            .await?
+            .map_err(rate_limited)?;
         let refused = || ApiError {
             message: "the email or password is wrong".into(),
             ..ApiError::unauthenticated()
@@ -156,16 +173,16 @@ impl AuthMutation {
                 .map_err(ApiError::internal)?,
             _ => None,
         };
-        // Verify against a real hash even for unknown emails, so timing does not tell
-        // which addresses have accounts.
-        let known = stored.is_some();
-        let stored = stored.unwrap_or_else(|| DUMMY_HASH.clone());
-        let password_ok = tokio::task::spawn_blocking(move || password::verify(&password, &stored))
+        // Unknown emails are checked against a real hash too, so timing does not tell which
+        // addresses have accounts.
+        let password_ok = password::verify_async(password, stored)
             .await
             .map_err(ApiError::internal)?;
-        if !(known && password_ok) {
+        if !password_ok {
+            api.limiter.sign_in_failed(&attempt, limits).await?;
             return Err(refused());
         }
+        api.limiter.sign_in_succeeded(&attempt).await?;
         let session = api.sessions.start(user.id()).await.map_err(session_error)?;
         Ok(deliver(ctx, session, user.role(), epoch))
     }
@@ -181,20 +198,10 @@ impl AuthMutation {
             message: "no refresh cookie: sign in again".into(),
             ..ApiError::unauthenticated()
         })?;
-        let csrf_cookie = info.cookie(CSRF_COOKIE);
-        let csrf_header = info.csrf_header.as_deref();
-        match (csrf_cookie, csrf_header) {
-            (Some(c), Some(h)) if crate::auth::sessions::same_secret(c, h) => {}
-            _ => {
-                return Err(ApiError {
-                    message: "the X-CSRF-Token header must equal the csrfToken cookie".into(),
-                    ..ApiError::forbidden()
-                })
-            }
-        }
+        let csrf = echoed_csrf(info)?;
         let session = api
             .sessions
-            .rotate(refresh, csrf_header)
+            .rotate(refresh, Some(csrf))
             .await
             .map_err(session_error)?;
         // The epoch first, then the role (see `auth::revocation`): a role change or an
@@ -221,14 +228,18 @@ impl AuthMutation {
         Ok(deliver(ctx, session, user.role(), epoch))
     }
 
-    /// Ends the login of the refresh cookie and clears the cookies. Always succeeds.
+    /// Ends the login of the refresh cookie and clears the cookies. With the refresh cookie,
+    /// the CSRF token must be echoed in `X-CSRF-Token` (as for `refreshSession`), so another
+    /// site cannot sign a browser out; otherwise it ends the bearer token's login.
     async fn logout(&self, ctx: &Context<'_>) -> ApiResult<bool> {
         let caller = authorize(ctx, "logout", Subject::Caller).await?;
         let sessions = &state(ctx).sessions;
+        let info = request(ctx);
         // Whose access tokens end: the refresh session's person and the caller's.
         let mut signed_out = Vec::new();
-        if let Some(token) = request(ctx).cookie(REFRESH_COOKIE) {
-            signed_out.extend(sessions.revoke(token).await.map_err(session_error)?);
+        if let Some(token) = info.cookie(REFRESH_COOKIE) {
+            let csrf = echoed_csrf(info)?;
+            signed_out.extend(sessions.revoke(token, csrf).await.map_err(session_error)?);
         }
         signed_out.extend(caller.user_id());
         signed_out.dedup();
@@ -251,15 +262,28 @@ impl AuthMutation {
     }
 }
 
-/// The hash unknown accounts are checked against (computed once).
-static DUMMY_HASH: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| password::hash("not a password anyone has"));
-
 async fn limit(ctx: &Context<'_>, action: &str, budget: Budget) -> ApiResult<()> {
     let client = &request(ctx).client_ip;
-    match state(ctx).limiter.check(action, client, budget).await? {
-        Ok(()) => Ok(()),
-        Err(limited) => Err(ApiError::rate_limited(limited.retry_after)),
+    state(ctx)
+        .limiter
+        .check(action, client, budget)
+        .await?
+        .map_err(rate_limited)
+}
+
+fn rate_limited(limited: Limited) -> ApiError {
+    ApiError::rate_limited(limited.retry_after)
+}
+
+/// The CSRF token a browser echoed in `X-CSRF-Token`, when it equals the `csrfToken` cookie
+/// (another site can make the browser send the cookies, but cannot read them to echo one).
+fn echoed_csrf(info: &super::RequestInfo) -> ApiResult<&str> {
+    match (info.cookie(CSRF_COOKIE), info.csrf_header.as_deref()) {
+        (Some(c), Some(h)) if crate::auth::sessions::same_secret(c, h) => Ok(h),
+        _ => Err(ApiError {
+            message: "the X-CSRF-Token header must equal the csrfToken cookie".into(),
+            ..ApiError::forbidden()
+        }),
     }
 }
 

@@ -1,5 +1,7 @@
 //! Classes: created by teachers and admins, managed by the class's teachers, visible to its
-//! members. Membership is also what makes a teacher "teacher of" a student.
+//! members. Membership is also what makes a teacher "teacher of" a student, so it takes the
+//! student's word: a student joins with the class's code or accepts a teacher's invitation;
+//! only an admin adds a student directly.
 
 use super::{authorize, execute, new_id, signed_in, state, Changed};
 use crate::access::Subject;
@@ -8,7 +10,8 @@ use async_graphql::{Context, Object};
 use rand::RngCore;
 use teachin_domain::classroom::{Classroom, ClassroomCommand, JoinCode, JOIN_CODE_LEN};
 use teachin_domain::ids::UserId;
-use teachin_projections::queries::classes::ClassView;
+use teachin_domain::services::ClaimScope;
+use teachin_projections::queries::classes::{ClassInvitation, ClassView};
 use uuid::Uuid;
 
 #[derive(Default)]
@@ -32,6 +35,16 @@ impl ClassQuery {
     async fn class(&self, ctx: &Context<'_>, id: Uuid) -> ApiResult<Option<ClassView>> {
         authorize(ctx, "class", Subject::Class(id)).await?;
         Ok(state(ctx).read.class(id).await?)
+    }
+
+    /// The invitations to classes a student has not answered yet, newest first.
+    async fn class_invitations(
+        &self,
+        ctx: &Context<'_>,
+        student_id: Uuid,
+    ) -> ApiResult<Vec<ClassInvitation>> {
+        authorize(ctx, "classInvitations", Subject::Person(UserId(student_id))).await?;
+        Ok(state(ctx).read.class_invitations_of(student_id).await?)
     }
 }
 
@@ -64,6 +77,9 @@ impl ClassMutation {
         execute::<Classroom>(ctx, caller, id, command, idempotency_key.as_deref()).await
     }
 
+    /// Students only (a teacher or admin is refused with `BAD_USER_INPUT` on `userIds`). An
+    /// admin makes them members at once; a teacher of the class invites them, and they
+    /// become members when they accept.
     async fn add_class_members(
         &self,
         ctx: &Context<'_>,
@@ -89,6 +105,59 @@ impl ClassMutation {
         let caller = authorize(ctx, "removeClassMembers", Subject::Class(class_id)).await?;
         let command = ClassroomCommand::RemoveMembers {
             user_ids: members(user_ids)?,
+            actor: caller.actor(),
+        };
+        execute::<Classroom>(ctx, caller, class_id, command, idempotency_key.as_deref()).await
+    }
+
+    /// A student joins the class whose join code they were given, and is a member at once.
+    async fn join_class(
+        &self,
+        ctx: &Context<'_>,
+        join_code: String,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<Changed> {
+        let caller = authorize(ctx, "joinClass", Subject::Caller).await?;
+        let join_code = JoinCode::parse(&join_code)
+            .map_err(|e| ApiError::bad_input("joinCode", e.to_string()))?;
+        // The code's claim names its class, and is consistent with the write side at once
+        // (the read model may not have the class yet).
+        let class_id = state(ctx)
+            .claims
+            .holder(ClaimScope::ClassroomJoinCode, join_code.as_str())
+            .await?
+            .and_then(|owner| Uuid::parse_str(&owner).ok())
+            .ok_or_else(|| ApiError::not_found("a class with this join code"))?;
+        let command = ClassroomCommand::Join {
+            join_code,
+            actor: caller.actor(),
+        };
+        execute::<Classroom>(ctx, caller, class_id, command, idempotency_key.as_deref()).await
+    }
+
+    /// The invited student says yes, and is a member.
+    async fn accept_class_invitation(
+        &self,
+        ctx: &Context<'_>,
+        class_id: Uuid,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<Changed> {
+        let caller = authorize(ctx, "acceptClassInvitation", Subject::Class(class_id)).await?;
+        let command = ClassroomCommand::AcceptInvitation {
+            actor: caller.actor(),
+        };
+        execute::<Classroom>(ctx, caller, class_id, command, idempotency_key.as_deref()).await
+    }
+
+    /// The invited student says no (nothing happens if there is no invitation).
+    async fn decline_class_invitation(
+        &self,
+        ctx: &Context<'_>,
+        class_id: Uuid,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<Changed> {
+        let caller = authorize(ctx, "declineClassInvitation", Subject::Class(class_id)).await?;
+        let command = ClassroomCommand::DeclineInvitation {
             actor: caller.actor(),
         };
         execute::<Classroom>(ctx, caller, class_id, command, idempotency_key.as_deref()).await

@@ -3,7 +3,12 @@
 //! `GenerationRequest` event) and answers at once with its id; the engine writes the result
 //! and the manager records it, and the realtime feed brings it to the browser (generated
 //! sentences as `SentenceGeneration` / `SplitSentenceGeneration`, one exercise each).
+//!
+//! Every field here calls the model, so each request goes through `limits::model_call`:
+//! counted against the caller's daily quota, and answered once per document for identical
+//! fields.
 
+use super::limits::model_call;
 use super::{authorize, execute, new_id, signed_in};
 use crate::access::Subject;
 use crate::error::ApiResult;
@@ -14,7 +19,7 @@ use teachin_domain::vocabulary::{Difficulty, GameType};
 use uuid::Uuid;
 
 /// A generation request accepted: its result will carry `requestId`.
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct GenerationRequested {
     pub request_id: Uuid,
     /// True when this answer is the replay of an earlier call with the same idempotency key.
@@ -36,12 +41,15 @@ async fn request(
     let requester = signed_in(caller)?;
     let key = idempotency_key.as_deref();
     let request_id = new_id(caller, &format!("{operation}:request"), key);
-    let changed =
-        execute::<GenerationRequest>(ctx, caller, request_id, command(requester), key).await?;
-    Ok(GenerationRequested {
-        request_id,
-        replayed: changed.replayed,
+    model_call(ctx, caller, |r: &GenerationRequested| r.replayed, async {
+        let changed =
+            execute::<GenerationRequest>(ctx, caller, request_id, command(requester), key).await?;
+        Ok(GenerationRequested {
+            request_id,
+            replayed: changed.replayed,
+        })
     })
+    .await
 }
 
 /// Records a request for `count` sentences for `game_type`.

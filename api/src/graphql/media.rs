@@ -5,7 +5,8 @@
 //!
 //! The avatar's current path is read from the aggregate, not the read model: a portal that
 //! confirms and then asks for the read URL at once must see its own write, and the previous
-//! file must be known exactly to be deleted.
+//! file must be known exactly to be deleted. An erasure deletes the person's whole folder
+//! ([`delete_files_of_erased`], called by `eraseUser`).
 
 use super::{authorize, execute, state, Changed};
 use crate::access::Subject;
@@ -92,6 +93,17 @@ async fn delete_quietly(ctx: &Context<'_>, path: &str) {
     let Ok(store) = avatars(ctx) else { return };
     if let Err(e) = store.delete(path).await {
         tracing::warn!(%path, error = %e, "the replaced avatar file could not be deleted");
+    }
+}
+
+/// Deletes every file of a person just erased: their avatar and any upload never confirmed.
+/// Called once the erasure is recorded, and again by a retried erasure; a failure (or a crash
+/// before this runs) leaves the files to the daily sweep (`teachin cron purge-uploads`,
+/// `teachin_workers::media::retention`), which deletes an erased person's files at once.
+pub(super) async fn delete_files_of_erased(ctx: &Context<'_>, user_id: Uuid) {
+    let Ok(store) = avatars(ctx) else { return };
+    if let Err(e) = store.delete_all_of(UserId(user_id)).await {
+        tracing::warn!(%user_id, error = %e, "an erased person's files could not be deleted yet; the upload sweep will");
     }
 }
 

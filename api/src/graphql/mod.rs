@@ -5,7 +5,8 @@
 //! One module per feature area, each contributing a query, a mutation and (where it has
 //! one) a subscription object, merged here. Every resolver starts by calling
 //! [`authorize`] with its operation name, so the rules live in `crate::access` only.
-//! Limits (depth, complexity, page size) are set here, in `schema`.
+//! Limits (depth, complexity, page size) are set here, in `schema`; what one document may
+//! ask for (cost with page sizes, model calls, introspection) is `limits`.
 
 mod auth;
 mod classes;
@@ -13,6 +14,7 @@ mod email;
 mod generation;
 mod insights;
 mod learning;
+pub mod limits;
 mod media;
 pub(crate) mod people;
 mod practice;
@@ -61,16 +63,27 @@ pub struct ApiState {
     pub avatars: Option<teachin_workers::media::AvatarStore>,
     /// Speech tokens for the browser; `None` where no Speech key is configured.
     pub speech: Option<teachin_workers::speech::SpeechTokens>,
+    /// Daily quotas on model calls and emails (`crate::quota`).
+    pub quotas: crate::quota::Quotas,
+    /// Schema introspection (`__schema`, `__type`) is answered: local mode only.
+    pub introspection: bool,
 }
 
-/// How sessions are delivered to browsers, and how fast sign-in may be attempted.
+/// How sessions are delivered to browsers, and how fast sign-up, sign-in and refresh may be
+/// attempted (`auth::rate_limit`).
 #[derive(Debug, Clone)]
 pub struct SessionPolicy {
     /// `Secure` on cookies: true except on plain-HTTP local setups.
     pub secure_cookies: bool,
-    /// `SameSite` of the refresh cookie: `None` when the portals are on another site.
+    /// `SameSite` of the refresh and CSRF cookies: `Strict` where the portals share the API's
+    /// site; `None` only when configured for portals on another site.
     pub same_site: cookie::SameSite,
+    /// Failed sign-ins per client address (successes never count).
     pub login_budget: Budget,
+    /// How an account is slowed down after failed sign-ins, from any address.
+    pub login_backoff: crate::auth::rate_limit::Backoff,
+    /// Sign-ups per client address.
+    pub signup_budget: Budget,
     pub refresh_budget: Budget,
 }
 
@@ -78,12 +91,26 @@ impl Default for SessionPolicy {
     fn default() -> Self {
         Self {
             secure_cookies: true,
-            same_site: cookie::SameSite::None,
-            login_budget: Budget::per_minute(10),
+            same_site: cookie::SameSite::Strict,
+            login_budget: DEFAULT_LOGIN_BUDGET,
+            login_backoff: crate::auth::rate_limit::Backoff::default(),
+            signup_budget: DEFAULT_SIGNUP_BUDGET,
             refresh_budget: Budget::per_minute(5),
         }
     }
 }
+
+/// 100 failed sign-ins per address in 10 minutes: far more than a school's typos, far fewer
+/// than a password spray needs.
+pub const DEFAULT_LOGIN_BUDGET: Budget = Budget {
+    max: 100,
+    window: std::time::Duration::from_secs(600),
+};
+/// 60 sign-ups per address an hour: two classes signing up in one lesson, not a flood.
+pub const DEFAULT_SIGNUP_BUDGET: Budget = Budget {
+    max: 60,
+    window: std::time::Duration::from_secs(3600),
+};
 
 /// What the HTTP layer learned about one request.
 #[derive(Debug, Clone)]
@@ -150,6 +177,9 @@ pub(crate) fn builder() -> async_graphql::SchemaBuilder<Query, Mutation, Subscri
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY)
     .limit_recursive_depth(32)
+    // First, so it judges every document, parsed now or taken from the cache after it.
+    .extension(limits::DocumentLimits)
+    .extension(crate::parsed_documents::ParsedDocuments::default())
 }
 
 // ---- Helpers every area uses -------------------------------------------------------------
@@ -238,7 +268,7 @@ pub(crate) async fn execute<A>(
     idempotency_key: Option<&str>,
 ) -> ApiResult<Changed>
 where
-    A: cqrs_es::Aggregate<Services = teachin_domain::services::DomainServices> + Clone,
+    A: cqrs_es::Aggregate<Services = teachin_domain::services::DomainServices> + Clone + 'static,
     A::Command: Clone + serde::Serialize,
     A::Error: teachin_domain::error::DomainError,
 {

@@ -14,7 +14,7 @@ use teachin_domain::actor::Role;
 use teachin_domain::ids::UserId;
 use teachin_domain::teaching::{TeacherStudents, TeacherStudentsCommand};
 use teachin_domain::user::{HebrewLevel, Language, User, UserCommand};
-use teachin_projections::queries::users::{Recipient, UserView};
+use teachin_projections::queries::users::{Recipient, Recipients, UserView};
 use teachin_projections::queries::ReadModels;
 use uuid::Uuid;
 
@@ -120,16 +120,23 @@ impl PeopleQuery {
             .collect())
     }
 
-    /// People whose name matches, to address an email to (teachers and admins).
+    /// People whose name matches, to address an email to: a teacher's own students
+    /// (assigned, or members of a class they teach); anyone for an admin.
     async fn recipients(&self, ctx: &Context<'_>, name: String) -> ApiResult<Vec<Recipient>> {
-        authorize(ctx, "recipients", Subject::Caller).await?;
+        let caller = authorize(ctx, "recipients", Subject::Caller).await?;
         if name.trim().chars().count() < 2 {
             return Err(ApiError::bad_input(
                 "name",
                 "give at least two characters of the name",
             ));
         }
-        Ok(state(ctx).read.search_recipients(&name).await?)
+        let among = match caller {
+            crate::access::Caller::User {
+                role: Role::Admin, ..
+            } => Recipients::Everyone,
+            _ => Recipients::StudentsOf(super::signed_in(caller)?.0),
+        };
+        Ok(state(ctx).read.search_recipients(&name, among).await?)
     }
 }
 
@@ -162,13 +169,16 @@ impl PeopleMutation {
         password::check_strength(&input.password)
             .map_err(|rule| ApiError::bad_input("password", rule))?;
         let user_id = UserId(new_id(caller, "createUser", idempotency_key.as_deref()));
+        let password_hash = password::hash_async(input.password)
+            .await
+            .map_err(ApiError::internal)?;
         let command = UserCommand::Register {
             user_id,
             role: input.role,
             first_name: input.first_name,
             last_name: input.last_name,
             email: input.email,
-            password_hash: password::hash(&input.password),
+            password_hash,
             preferred_language: input.preferred_language.unwrap_or_default(),
             hebrew_level: input.hebrew_level,
             interests: input.interests,
@@ -270,7 +280,7 @@ impl PeopleMutation {
                 None => None,
             }
             .ok_or_else(|| ApiError::not_found("the account"))?;
-            let ok = tokio::task::spawn_blocking(move || password::verify(&current, &stored))
+            let ok = password::verify_async(current, Some(stored))
                 .await
                 .map_err(ApiError::internal)?;
             if !ok {
@@ -280,9 +290,10 @@ impl PeopleMutation {
                 ));
             }
         }
-        let command = UserCommand::ChangePassword {
-            password_hash: password::hash(&new_password),
-        };
+        let password_hash = password::hash_async(new_password)
+            .await
+            .map_err(ApiError::internal)?;
+        let command = UserCommand::ChangePassword { password_hash };
         execute_then_sign_out(ctx, caller, user_id, command, idempotency_key).await
     }
 
@@ -314,10 +325,13 @@ impl PeopleMutation {
         let command = UserCommand::Erase {
             actor: caller.actor(),
         };
-        execute_then_sign_out(ctx, caller, user_id, command, idempotency_key).await
+        let erased = execute_then_sign_out(ctx, caller, user_id, command, idempotency_key).await?;
+        super::media::delete_files_of_erased(ctx, user_id).await;
+        Ok(erased)
     }
 
-    /// Assigns a student to a teacher (the teacher themself, or an admin).
+    /// Assigns a student to a teacher (admins). A teacher reaches students through a class:
+    /// the student joins with its code or accepts the teacher's invitation.
     async fn assign_student(
         &self,
         ctx: &Context<'_>,

@@ -1,7 +1,11 @@
 //! The AI tutor: a student's conversations, sending a message (default or the global
 //! side-panel tutor with the page the student is on), and asking why an attempt was wrong.
 //! The reply arrives later, streamed over the realtime feed and recorded as an event.
+//!
+//! Both mutations call the model, so each goes through `limits::model_call`: counted against
+//! the student's daily quota, and answered once per document for identical fields.
 
+use super::limits::model_call;
 use super::{authorize, execute, new_id, signed_in, state};
 use crate::access::Subject;
 use crate::error::ApiResult;
@@ -21,7 +25,7 @@ pub enum TutorKind {
 }
 
 /// A message accepted for the tutor: the reply will carry `requestId`.
-#[derive(SimpleObject)]
+#[derive(SimpleObject, Clone)]
 pub struct TutorRequest {
     pub session_id: Uuid,
     pub request_id: Uuid,
@@ -98,12 +102,15 @@ impl TutorMutation {
             page_context,
             request_id: RequestId(request_id),
         };
-        let changed = execute::<TutorSession>(ctx, caller, session_id, command, key).await?;
-        Ok(TutorRequest {
-            session_id,
-            request_id,
-            replayed: changed.replayed,
+        model_call(ctx, caller, |r: &TutorRequest| r.replayed, async {
+            let changed = execute::<TutorSession>(ctx, caller, session_id, command, key).await?;
+            Ok(TutorRequest {
+                session_id,
+                request_id,
+                replayed: changed.replayed,
+            })
         })
+        .await
     }
 
     /// Asks the tutor why an attempt was wrong, in a new conversation or again in `sessionId`.
@@ -127,11 +134,14 @@ impl TutorMutation {
             attempt: AttemptId(attempt_id),
             request_id: RequestId(request_id),
         };
-        let changed = execute::<TutorSession>(ctx, caller, session_id, command, key).await?;
-        Ok(TutorRequest {
-            session_id,
-            request_id,
-            replayed: changed.replayed,
+        model_call(ctx, caller, |r: &TutorRequest| r.replayed, async {
+            let changed = execute::<TutorSession>(ctx, caller, session_id, command, key).await?;
+            Ok(TutorRequest {
+                session_id,
+                request_id,
+                replayed: changed.replayed,
+            })
         })
+        .await
     }
 }

@@ -339,6 +339,11 @@ fn classroom_pushes(event: &LoggedEvent) -> Vec<(Target, &'static str, Value)> {
     let (user, text) = match decoded::<Classroom>(event) {
         Some(ClassroomEvent::MemberAdded { user, .. }) => (user, "You were added to a class."),
         Some(ClassroomEvent::MemberRemoved { user }) => (user, "You were removed from a class."),
+        // The invitation waits for the student's answer (`acceptClassInvitation`), so the
+        // student has to hear of it.
+        Some(ClassroomEvent::MemberInvited { student, .. }) => {
+            (student, "A teacher invited you to a class.")
+        }
         _ => return Vec::new(),
     };
     vec![(

@@ -1,4 +1,5 @@
-//! Classrooms and their members (original §1.3).
+//! Classrooms, their members, and the invitations students have not answered yet
+//! (original §1.3).
 
 use super::users::full_name;
 use super::{enum_column, ReadModels};
@@ -38,6 +39,20 @@ pub struct ClassMember {
     pub added_at: DateTime<Utc>,
 }
 
+/// A teacher's invitation to a class, waiting for the student's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
+pub struct ClassInvitation {
+    pub class_id: Uuid,
+    pub class_name: String,
+    pub class_description: Option<String>,
+    pub invited_by: Option<Uuid>,
+    /// "First Last" of who invited; empty for an erased (or unknown) user.
+    pub invited_by_name: String,
+    pub invited_at: DateTime<Utc>,
+}
+
 /// Which classrooms to load.
 enum Which {
     One(Uuid),
@@ -59,6 +74,39 @@ impl ReadModels {
     /// The classrooms `user_id` is a member of, by name (the portals' "my classes").
     pub async fn classes_of_member(&self, user_id: Uuid) -> Result<Vec<ClassView>, sqlx::Error> {
         self.load_classes(Which::OfMember(user_id)).await
+    }
+
+    /// The invitations `student_id` has not answered, newest first.
+    pub async fn class_invitations_of(
+        &self,
+        student_id: Uuid,
+    ) -> Result<Vec<ClassInvitation>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT i.classroom_id, c.name, c.description, i.invited_by, i.invited_at,
+                    u.first_name, u.last_name
+             FROM read_model.classroom_invitations i
+             JOIN read_model.classrooms c ON c.classroom_id = i.classroom_id
+             LEFT JOIN read_model.users u ON u.user_id = i.invited_by
+             WHERE i.student_id = $1
+             ORDER BY i.invited_at DESC, i.classroom_id",
+        )
+        .bind(student_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let first: Option<String> = row.try_get("first_name")?;
+                let last: Option<String> = row.try_get("last_name")?;
+                Ok(ClassInvitation {
+                    class_id: row.try_get("classroom_id")?,
+                    class_name: row.try_get("name")?,
+                    class_description: row.try_get("description")?,
+                    invited_by: row.try_get("invited_by")?,
+                    invited_by_name: full_name(first.as_deref(), last.as_deref()),
+                    invited_at: row.try_get("invited_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn load_classes(&self, which: Which) -> Result<Vec<ClassView>, sqlx::Error> {

@@ -17,7 +17,7 @@ pub mod practice;
 pub mod tutor;
 pub mod users;
 
-pub use classes::{ClassMember, ClassView};
+pub use classes::{ClassInvitation, ClassMember, ClassView};
 pub use learning::{AchievementStatus, GameConfigView, WordCardView};
 pub use paging::{
     clamp_page_size, Cursor, InvalidCursor, Page, PageRequest, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
@@ -26,7 +26,7 @@ pub use practice::{
     AttemptDetail, FailedAttempt, MistakeExercise, PracticeSummaryRow, StudentPracticeRow,
 };
 pub use tutor::{AiRequestView, TutorMessageView, TutorSessionView, TutorSessionWithMessages};
-pub use users::{Recipient, UserView};
+pub use users::{Recipient, Recipients, UserView};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;

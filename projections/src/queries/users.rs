@@ -63,6 +63,35 @@ pub struct Recipient {
     pub role: Role,
 }
 
+/// Whose names [`ReadModels::search_recipients`] looks among.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipients {
+    /// Everyone (an admin).
+    Everyone,
+    /// The students this teacher teaches (see [`teaches`]).
+    StudentsOf(Uuid),
+}
+
+/// The one definition of "teaches", as an SQL condition on two uuid expressions: the student
+/// is on the teacher's list (`teacher_students`, which only an admin fills), or is a *Student*
+/// member of a class the teacher is a *Teacher* member of. `classroom_members` holds only
+/// memberships the student agreed to (joined with the code, accepted an invitation) or an
+/// admin made; pending invitations live in `classroom_invitations` and count for nothing,
+/// and neither does a teacher or admin who was once put in a class.
+pub(crate) fn teaches(teacher: &str, student: &str) -> String {
+    format!(
+        "(EXISTS (
+             SELECT 1 FROM read_model.teacher_students ts
+             WHERE ts.teacher_id = {teacher} AND ts.student_id = {student}
+         ) OR EXISTS (
+             SELECT 1 FROM read_model.classroom_members t
+             JOIN read_model.classroom_members s ON s.classroom_id = t.classroom_id
+             WHERE t.user_id = {teacher} AND t.role = 'Teacher'
+               AND s.user_id = {student} AND s.role = 'Student'
+         ))"
+    )
+}
+
 const USER_COLUMNS: &str = "u.user_id, u.role, u.first_name, u.last_name, u.email, \
      u.preferred_language, u.hebrew_level, u.interests, u.avatar_path, u.avatar_content_type, \
      u.avatar_updated_at, u.erased, u.registered_at, u.updated_at";
@@ -213,24 +242,37 @@ impl ReadModels {
     }
 
     /// Users whose first, last or full ("First Last") name equals `name`, ignoring case and
-    /// surrounding spaces; erased users and users without an email are left out.
-    pub async fn search_recipients(&self, name: &str) -> Result<Vec<Recipient>, sqlx::Error> {
+    /// surrounding spaces, among `among`; erased users and users without an email are left
+    /// out.
+    pub async fn search_recipients(
+        &self,
+        name: &str,
+        among: Recipients,
+    ) -> Result<Vec<Recipient>, sqlx::Error> {
         let wanted = name.split_whitespace().collect::<Vec<_>>().join(" ");
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
+        let teacher = match among {
+            Recipients::Everyone => None,
+            Recipients::StudentsOf(teacher) => Some(teacher),
+        };
+        let sql = format!(
             "SELECT u.user_id, u.first_name, u.last_name, u.email, u.role
              FROM read_model.users u
              WHERE NOT u.erased AND u.email IS NOT NULL
                AND (lower(u.first_name) = lower($1)
                     OR lower(u.last_name) = lower($1)
                     OR lower(concat_ws(' ', u.first_name, u.last_name)) = lower($1))
+               AND ($2::uuid IS NULL OR {})
              ORDER BY lower(u.last_name), lower(u.first_name), u.user_id",
-        )
-        .bind(&wanted)
-        .fetch_all(&self.pool)
-        .await?;
+            teaches("$2", "u.user_id")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&wanted)
+            .bind(teacher)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(Recipient {
@@ -248,8 +290,7 @@ impl ReadModels {
             .collect()
     }
 
-    /// Whether `teacher_id` teaches `student_id`: assigned in `teacher_students`, or both are
-    /// members of a classroom in which the teacher's membership role is Teacher.
+    /// Whether `teacher_id` teaches `student_id` (see [`teaches`]).
     pub async fn is_teacher_of(
         &self,
         teacher_id: Uuid,
@@ -258,20 +299,11 @@ impl ReadModels {
         if teacher_id == student_id {
             return Ok(false);
         }
-        sqlx::query_scalar(
-            "SELECT EXISTS (
-                 SELECT 1 FROM read_model.teacher_students
-                 WHERE teacher_id = $1 AND student_id = $2
-             ) OR EXISTS (
-                 SELECT 1 FROM read_model.classroom_members t
-                 JOIN read_model.classroom_members s ON s.classroom_id = t.classroom_id
-                 WHERE t.user_id = $1 AND t.role = 'Teacher' AND s.user_id = $2
-             )",
-        )
-        .bind(teacher_id)
-        .bind(student_id)
-        .fetch_one(&self.pool)
-        .await
+        sqlx::query_scalar(&format!("SELECT {}", teaches("$1", "$2")))
+            .bind(teacher_id)
+            .bind(student_id)
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Whether two different users are members of at least one common classroom.

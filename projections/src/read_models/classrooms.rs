@@ -1,6 +1,9 @@
-//! `classrooms` and `classroom_members`: every existing class and who is in it. A deleted
-//! class is removed with its members. A member's `role` is the one they had when they joined,
-//! spelled as serde writes it (`Student` | `Teacher` | `Admin`).
+//! `classrooms`, `classroom_members` and `classroom_invitations`: every existing class, who is
+//! in it, and which students were invited and have not answered. A deleted class is removed
+//! with its members and invitations. A member's `role` is the one they had when they joined,
+//! spelled as serde writes it (`Student` | `Teacher` | `Admin`). Invitations have a table of
+//! their own so that `classroom_members` holds only memberships, which is what makes a
+//! teacher anyone's teacher.
 
 use super::{decode_all, serde_name};
 use crate::log::LoggedEvent;
@@ -9,7 +12,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use std::collections::{HashMap, HashSet};
+use teachin_domain::actor::Role;
 use teachin_domain::classroom::{Classroom, ClassroomEvent};
+use teachin_domain::ids::UserId;
 use uuid::Uuid;
 
 pub struct Classrooms;
@@ -28,6 +33,11 @@ struct MemberRow {
     added_at: DateTime<Utc>,
 }
 
+struct InvitationRow {
+    invited_by: Option<Uuid>,
+    invited_at: DateTime<Utc>,
+}
+
 #[async_trait]
 impl Projection for Classrooms {
     fn name(&self) -> &'static str {
@@ -35,7 +45,7 @@ impl Projection for Classrooms {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["classrooms", "classroom_members"]
+        &["classrooms", "classroom_members", "classroom_invitations"]
     }
 
     async fn apply(
@@ -46,6 +56,7 @@ impl Projection for Classrooms {
         // Final state per class and per membership: Some = saved, None = deleted.
         let mut classes: HashMap<Uuid, Option<ClassRow>> = HashMap::new();
         let mut members: HashMap<(Uuid, Uuid), Option<MemberRow>> = HashMap::new();
+        let mut invitations: HashMap<(Uuid, Uuid), Option<InvitationRow>> = HashMap::new();
         // Classes deleted in this batch: their members from earlier batches go too.
         let mut deleted: HashSet<Uuid> = HashSet::new();
         for (logged, event) in decode_all::<ClassroomEvent>(batch, Classroom::TYPE)? {
@@ -74,6 +85,7 @@ impl Projection for Classrooms {
                     role,
                     added_by,
                 } => {
+                    invitations.insert((class, user.0), None);
                     members.insert(
                         (class, user.0),
                         Some(MemberRow {
@@ -82,6 +94,45 @@ impl Projection for Classrooms {
                             added_at: logged.recorded_at,
                         }),
                     );
+                }
+                ClassroomEvent::MemberInvited {
+                    student,
+                    invited_by,
+                } => {
+                    invitations.insert(
+                        (class, student.0),
+                        Some(InvitationRow {
+                            invited_by: invited_by.map(|u| u.0),
+                            invited_at: logged.recorded_at,
+                        }),
+                    );
+                }
+                // A member through their own answer: added by whoever invited them, or by
+                // nobody when they came with the code.
+                ClassroomEvent::InvitationAccepted {
+                    student,
+                    invited_by,
+                } => {
+                    admit(
+                        &mut members,
+                        &mut invitations,
+                        (class, student.0),
+                        invited_by,
+                        logged,
+                    );
+                }
+                ClassroomEvent::MemberJoined { student } => {
+                    admit(
+                        &mut members,
+                        &mut invitations,
+                        (class, student.0),
+                        None,
+                        logged,
+                    );
+                }
+                ClassroomEvent::InvitationDeclined { student }
+                | ClassroomEvent::InvitationWithdrawn { student } => {
+                    invitations.insert((class, student.0), None);
                 }
                 ClassroomEvent::MemberRemoved { user } => {
                     members.insert((class, user.0), None);
@@ -94,10 +145,15 @@ impl Projection for Classrooms {
                             *row = None;
                         }
                     }
+                    for ((invited_class, _), row) in invitations.iter_mut() {
+                        if *invited_class == class {
+                            *row = None;
+                        }
+                    }
                 }
             }
         }
-        if classes.is_empty() && members.is_empty() {
+        if classes.is_empty() && members.is_empty() && invitations.is_empty() {
             return Ok(());
         }
 
@@ -112,7 +168,12 @@ impl Projection for Classrooms {
                 .bind(&deleted)
                 .execute(&mut *cx.conn)
                 .await?;
+            sqlx::query("DELETE FROM classroom_invitations WHERE classroom_id = ANY($1)")
+                .bind(&deleted)
+                .execute(&mut *cx.conn)
+                .await?;
         }
+        write_invitations(invitations, cx).await?;
         let (mut gone_classes, mut gone_users) = (vec![], vec![]);
         let mut m = MemberColumns::default();
         for ((class, user), row) in members {
@@ -188,6 +249,74 @@ impl Projection for Classrooms {
         }
         Ok(())
     }
+}
+
+/// A student becomes a member by their own answer; their invitation, if any, is spent.
+fn admit(
+    members: &mut HashMap<(Uuid, Uuid), Option<MemberRow>>,
+    invitations: &mut HashMap<(Uuid, Uuid), Option<InvitationRow>>,
+    key: (Uuid, Uuid),
+    added_by: Option<UserId>,
+    logged: &LoggedEvent,
+) {
+    invitations.insert(key, None);
+    members.insert(
+        key,
+        Some(MemberRow {
+            role: serde_name(&Role::Student),
+            added_by: added_by.map(|u| u.0),
+            added_at: logged.recorded_at,
+        }),
+    );
+}
+
+/// Each touched invitation once: removed, or upserted.
+async fn write_invitations(
+    invitations: HashMap<(Uuid, Uuid), Option<InvitationRow>>,
+    cx: &mut ApplyContext<'_>,
+) -> Result<(), ApplyError> {
+    let (mut gone_classes, mut gone_students) = (vec![], vec![]);
+    let (mut classes, mut students, mut invited_by, mut invited_at) =
+        (vec![], vec![], vec![], vec![]);
+    for ((class, student), row) in invitations {
+        match row {
+            Some(row) => {
+                classes.push(class);
+                students.push(student);
+                invited_by.push(row.invited_by);
+                invited_at.push(row.invited_at);
+            }
+            None => {
+                gone_classes.push(class);
+                gone_students.push(student);
+            }
+        }
+    }
+    if !gone_classes.is_empty() {
+        sqlx::query(
+            "DELETE FROM classroom_invitations
+              WHERE (classroom_id, student_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))",
+        )
+        .bind(&gone_classes)
+        .bind(&gone_students)
+        .execute(&mut *cx.conn)
+        .await?;
+    }
+    if !classes.is_empty() {
+        sqlx::query(
+            "INSERT INTO classroom_invitations (classroom_id, student_id, invited_by, invited_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])
+             ON CONFLICT (classroom_id, student_id) DO UPDATE SET
+                invited_by = EXCLUDED.invited_by, invited_at = EXCLUDED.invited_at",
+        )
+        .bind(&classes)
+        .bind(&students)
+        .bind(&invited_by)
+        .bind(&invited_at)
+        .execute(&mut *cx.conn)
+        .await?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]

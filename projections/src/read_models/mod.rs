@@ -6,7 +6,7 @@
 //! | `game_configs` | game_configs |
 //! | `users` | users |
 //! | `teacher_students` | teacher_students |
-//! | `classrooms` | classrooms, classroom_members |
+//! | `classrooms` | classrooms, classroom_members, classroom_invitations |
 //! | `tutor_sessions` | tutor_sessions, tutor_messages, ai_requests |
 //! | `practice` | exercises, attempts, practice_summary |
 //! | `word_cards` | word_cards |

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 pub const CONFLICT_RETRIES: &str = "teachin_command_conflict_retries_total";
 
-const ADD_WORD_CARD: &str = "mutation Add($hebrew: String!, $english: String!) { \
+pub(super) const ADD_WORD_CARD: &str = "mutation Add($hebrew: String!, $english: String!) { \
     addWordCard(hebrew: $hebrew, english: $english) { id } }";
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]

@@ -24,6 +24,22 @@ pub struct Secrets {
     pub lookup_hash_key: String,
 }
 
+impl Secrets {
+    /// Fresh secrets for one run, under the configured issuer and audience.
+    pub fn generate(settings: &Settings) -> Self {
+        Secrets {
+            jwt_secret: format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            jwt_issuer: settings.jwt_issuer.clone(),
+            jwt_audience: settings.jwt_audience.clone(),
+            lookup_hash_key: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
 pub struct RoleProcess {
     pub role: &'static str,
     pub port: u16,
@@ -49,23 +65,23 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Starts the three roles and waits until each answers `/readyz`.
-    pub async fn start(settings: &Settings, database_url: &str) -> anyhow::Result<Self> {
+    /// Starts the three roles and waits until each answers `/readyz`: this binary, or
+    /// `binary` (another build, to compare against), with `extra_environment` on top.
+    pub async fn start(
+        settings: &Settings,
+        database_url: &str,
+        binary: Option<&std::path::Path>,
+        extra_environment: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let namespace = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let workdir = std::env::temp_dir().join(format!("teachin-{namespace}"));
         std::fs::create_dir_all(&workdir)?;
-        let secrets = Secrets {
-            jwt_secret: format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            ),
-            jwt_issuer: settings.jwt_issuer.clone(),
-            jwt_audience: settings.jwt_audience.clone(),
-            lookup_hash_key: uuid::Uuid::new_v4().simple().to_string(),
-        };
+        let secrets = Secrets::generate(settings);
         let ports = [free_port()?, free_port()?, free_port()?];
-        let exe = std::env::current_exe().context("locating the teachin binary")?;
+        let exe = match binary {
+            Some(path) => path.to_path_buf(),
+            None => std::env::current_exe().context("locating the teachin binary")?,
+        };
         let mut deployment = Deployment {
             roles: Vec::new(),
             secrets,
@@ -79,21 +95,14 @@ impl Deployment {
                 .arg(role)
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("DATABASE_URL", database_url)
-                .env("REDIS_URL", &settings.redis_url)
-                .env("TEACHIN_NAMESPACE", &deployment.namespace)
-                .env("TEACHIN_MANAGER_PORT", ports[0].to_string())
-                .env("TEACHIN_ACCESSOR_PORT", ports[1].to_string())
-                .env("TEACHIN_ENGINE_PORT", ports[2].to_string())
-                .env("JWT_SECRET", &deployment.secrets.jwt_secret)
-                .env("JWT_ISSUER", &deployment.secrets.jwt_issuer)
-                .env("JWT_AUDIENCE", &deployment.secrets.jwt_audience)
-                .env(
-                    "TEACHIN_LOOKUP_HASH_KEY",
-                    &deployment.secrets.lookup_hash_key,
-                )
-                .env("TEACHIN_AVATARS_DIR", deployment.workdir.join("avatars"))
-                .env("TEACHIN_LOG", "warn")
+                .envs(role_environment(
+                    settings,
+                    database_url,
+                    &deployment.namespace,
+                    &deployment.secrets,
+                    ports,
+                    &deployment.workdir,
+                ))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log)?);
@@ -103,6 +112,7 @@ impl Deployment {
                     MANAGER_DB_CONNECTIONS.to_string(),
                 );
             }
+            command.envs(extra_environment.iter().map(|(k, v)| (k, v)));
             let child = command
                 .spawn()
                 .with_context(|| format!("starting `teachin {role}`"))?;
@@ -186,6 +196,35 @@ impl Drop for Deployment {
     fn drop(&mut self) {
         self.kill_all();
     }
+}
+
+/// The settings every role gets: the run's database, Redis namespace, ports and secrets, the
+/// offline AI provider (nothing else is set), logs at `warn`.
+pub fn role_environment(
+    settings: &Settings,
+    database_url: &str,
+    namespace: &str,
+    secrets: &Secrets,
+    ports: [u16; 3],
+    workdir: &std::path::Path,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url.to_string()),
+        ("REDIS_URL", settings.redis_url.clone()),
+        ("TEACHIN_NAMESPACE", namespace.to_string()),
+        ("TEACHIN_MANAGER_PORT", ports[0].to_string()),
+        ("TEACHIN_ACCESSOR_PORT", ports[1].to_string()),
+        ("TEACHIN_ENGINE_PORT", ports[2].to_string()),
+        ("JWT_SECRET", secrets.jwt_secret.clone()),
+        ("JWT_ISSUER", secrets.jwt_issuer.clone()),
+        ("JWT_AUDIENCE", secrets.jwt_audience.clone()),
+        ("TEACHIN_LOOKUP_HASH_KEY", secrets.lookup_hash_key.clone()),
+        (
+            "TEACHIN_AVATARS_DIR",
+            workdir.join("avatars").display().to_string(),
+        ),
+        ("TEACHIN_LOG", "warn".to_string()),
+    ]
 }
 
 /// A port nothing listens on right now.

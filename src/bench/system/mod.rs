@@ -28,6 +28,7 @@ mod population;
 mod realtime;
 mod report;
 mod signalr;
+mod stages;
 
 use super::projections::{self, ProjectionBenchArgs};
 use super::{quantile, BenchDatabase};
@@ -55,6 +56,31 @@ pub struct SystemBenchArgs {
     /// Where to write results.md and results.json [default: bench/].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Only the stage profile: a manager in this process, mutations one at a time, µs per
+    /// span (see `stages`); printed, nothing written.
+    #[arg(long)]
+    pub stages: bool,
+    /// Mutations the stage profile measures.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stage_commands: u64,
+    /// Start the roles from this binary instead of this one (another build, to compare
+    /// its CPU per 1,000 commands with this run's on the same machine).
+    #[arg(long, value_name = "PATH")]
+    pub manager_binary: Option<PathBuf>,
+    /// A setting for the roles (and the profiled manager) on top of the run's own, e.g.
+    /// `TEACHIN_AGGREGATE_CACHE_MIB=0`; repeatable.
+    #[arg(long = "role-env", value_name = "NAME=VALUE", value_parser = name_value)]
+    pub role_env: Vec<(String, String)>,
+    /// Only the baseline and the command path (no realtime, no projections; memory idle
+    /// and peak still read).
+    #[arg(long)]
+    pub command_path_only: bool,
+}
+
+fn name_value(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .ok_or_else(|| format!("`{raw}` is not NAME=VALUE"))
 }
 
 /// Concurrencies of the closed-loop command path.
@@ -77,6 +103,9 @@ const IDLE_SETTLE: Duration = Duration::from_secs(2);
 /// What this run will do, after `--smoke` caps.
 struct Plan {
     smoke: bool,
+    manager_binary: Option<PathBuf>,
+    role_env: Vec<(String, String)>,
+    command_path_only: bool,
     seconds: u64,
     connections: usize,
     concurrencies: Vec<usize>,
@@ -89,6 +118,9 @@ impl Plan {
         if args.smoke {
             Plan {
                 smoke: true,
+                manager_binary: args.manager_binary,
+                role_env: args.role_env,
+                command_path_only: args.command_path_only,
                 seconds: args.seconds.min(SMOKE_MAX_SECONDS),
                 connections: connections.min(SMOKE_MAX_CONNECTIONS),
                 concurrencies: SMOKE_CONCURRENCIES.to_vec(),
@@ -102,6 +134,9 @@ impl Plan {
         } else {
             Plan {
                 smoke: false,
+                manager_binary: args.manager_binary,
+                role_env: args.role_env,
+                command_path_only: args.command_path_only,
                 seconds: args.seconds,
                 connections,
                 concurrencies: CONCURRENCIES.to_vec(),
@@ -157,8 +192,21 @@ impl Latencies {
 /// Runs every section, writes the results, and fails if any section's harness failed
 /// (missed targets are results, not failures).
 pub async fn run(settings: &Settings, args: SystemBenchArgs) -> anyhow::Result<()> {
+    if args.stages {
+        println!(
+            "teachin bench system --stages: {} mutations, one at a time…",
+            args.stage_commands
+        );
+        let profile = stages::run(settings, args.stage_commands as usize, &args.role_env).await?;
+        println!("\n{}", profile.markdown());
+        return Ok(());
+    }
     let plan = Plan::new(args);
-    let mode = if plan.smoke { "smoke" } else { "full" };
+    let mode = match (plan.smoke, plan.command_path_only) {
+        (true, _) => "smoke",
+        (false, true) => "command path only",
+        (false, false) => "full",
+    };
     println!(
         "teachin bench system ({mode} run): {} s per point, {} connections, concurrency {:?}",
         plan.seconds, plan.connections, plan.concurrencies
@@ -192,21 +240,23 @@ pub async fn run(settings: &Settings, args: SystemBenchArgs) -> anyhow::Result<(
         memory.not_reached(&e);
     }
 
-    println!("3–4. projections: lag under load, rebuild vs raw scan…");
     let projection_args = plan.projection_args();
     let mut projections = Section::new(format!(
         "as `teachin bench projections`. Lag: {}",
         projections::lag_method(&projection_args)
     ));
-    let projection_report = projections::run(settings, projection_args).await;
-    if let Ok(report) = &projection_report {
-        projections.method = format!(
-            "{} Rebuild: {}",
-            projections.method,
-            projections::rebuild_method(report)
-        );
+    if !plan.command_path_only {
+        println!("3–4. projections: lag under load, rebuild vs raw scan…");
+        let projection_report = projections::run(settings, projection_args).await;
+        if let Ok(report) = &projection_report {
+            projections.method = format!(
+                "{} Rebuild: {}",
+                projections.method,
+                projections::rebuild_method(report)
+            );
+        }
+        projections.record(projection_report);
     }
-    projections.record(projection_report);
 
     let mut results = Results {
         mode,
@@ -249,7 +299,13 @@ async fn under_load(
         .await?;
     let result = async {
         println!("starting manager, accessor and engine…");
-        let mut deployment = deployment::Deployment::start(settings, &db.url()).await?;
+        let mut deployment = deployment::Deployment::start(
+            settings,
+            &db.url(),
+            plan.manager_binary.as_deref(),
+            &plan.role_env,
+        )
+        .await?;
         tokio::time::sleep(IDLE_SETTLE).await;
         memory.record(memory::idle(&deployment));
 
@@ -281,9 +337,12 @@ async fn under_load(
         );
         deployment.check_alive()?;
 
-        println!("5. realtime: {} SignalR connections…", plan.connections);
-        realtime.record(realtime::run(&manager, &population, plan.connections, PUSH_RATE).await);
-        deployment.check_alive()?;
+        if !plan.command_path_only {
+            println!("5. realtime: {} SignalR connections…", plan.connections);
+            realtime
+                .record(realtime::run(&manager, &population, plan.connections, PUSH_RATE).await);
+            deployment.check_alive()?;
+        }
 
         if let Some(figures) = memory.figures.as_mut() {
             memory::record_peak(figures, &deployment)?;

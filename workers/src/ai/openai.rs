@@ -371,7 +371,10 @@ impl Assembly {
             return Ok(());
         }
         let chunk: Chunk = serde_json::from_str(data)
-            .map_err(|e| AiError::Protocol(format!("a chunk is not JSON ({e}): {data}")))?;
+            // The chunk's size, not its text: it is part of an answer (logged with the error).
+            .map_err(|e| {
+                AiError::Protocol(format!("a chunk of {} bytes is not JSON ({e})", data.len()))
+            })?;
         if let Some(error) = chunk.error {
             return Err(AiError::Interrupted(format!(
                 "the provider reported: {error}"

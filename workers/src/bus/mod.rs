@@ -33,6 +33,7 @@
 //! receive side, because the REST API has no session receiver (see [`servicebus`]).
 
 pub mod metrics;
+pub mod peek;
 pub mod postgres;
 pub mod servicebus;
 
@@ -351,8 +352,10 @@ pub struct QueueStats {
     pub queue: QueueName,
     /// Messages waiting or locked (not dead-lettered).
     pub depth: i64,
-    /// The oldest message still in the queue; `None` when empty or when the backend cannot
-    /// tell (the Service Bus REST API does not expose it).
+    /// When the oldest message still in the queue (waiting, locked or waiting out a retry's
+    /// backoff) was first enqueued; `None` when the queue is empty. On Service Bus, read by an
+    /// AMQP peek of at most [`peek::PEEK_LIMIT`] messages: past that, never older than the
+    /// truth (see [`peek`]).
     pub oldest_enqueued_at: Option<DateTime<Utc>>,
     pub dead_letters: i64,
 }

@@ -17,6 +17,10 @@
 //!
 //! Sends are idempotent by message id through `bus_message_ids`, in the same statement.
 //!
+//! Dead letters are redacted as they are parked (a trigger on `bus_dead_letters`, migration
+//! 0040: only ids and the contracts' closed vocabularies keep their text, and addresses leave
+//! the error) and purged after a retention ([`PostgresBus::purge_dead_letters`]).
+//!
 //! **Sessions** (migration 0012). A message may carry a session key. Each bus instance is
 //! one receiver with an id of its own (`holder`); taking a message of session S also takes
 //! or extends S's lease in `bus_sessions` for the lock's duration (a renewal of the
@@ -251,6 +255,17 @@ impl PostgresBus {
             .execute(&self.pool)
             .await?;
         sqlx::query("DELETE FROM bus_sessions WHERE locked_until < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes the dead letters parked before `before` and returns how many: they are
+    /// redacted (migration 0040) but still a record of someone's activity, so they are kept
+    /// only as long as an operator needs to look into them. Both backends park here.
+    pub async fn purge_dead_letters(&self, before: DateTime<Utc>) -> Result<u64, BusError> {
+        let done = sqlx::query("DELETE FROM bus_dead_letters WHERE dead_lettered_at < $1")
             .bind(before)
             .execute(&self.pool)
             .await?;

@@ -21,8 +21,12 @@
 //! - **Statistics**: not in the crate; read with the same HTTP client from the management
 //!   API (`GET https://{namespace}.servicebus.windows.net/{queue}?api-version=2021-05`, an
 //!   Atom entry whose `CountDetails` hold the active and dead-letter counts), signed with a
-//!   SAS token made here as the crate makes its own. The REST API does not tell the age of
-//!   the oldest message, so [`QueueStats::oldest_enqueued_at`] is `None` here.
+//!   SAS token made here as the crate makes its own — with the stats policy
+//!   (`ServiceBus__StatsConnectionString`, [`ServiceBusConfig::stats_policy`]): the management
+//!   API wants Manage, which the roles' Listen+Send policy does not have. Nothing over REST
+//!   tells the age of the oldest message, so [`QueueStats::oldest_enqueued_at`] comes from an
+//!   AMQP peek with the same policy ([`super::peek`]), and from the messages handed over in
+//!   PostgreSQL.
 //! - **Resubmitting**: a copy is sent to the queue and the dead letter deleted. Duplicate
 //!   detection would drop a copy with the same message id, so the copy gets a new id and
 //!   carries the original in the `original-message-id` property (consumers deduplicate on
@@ -76,6 +80,7 @@
 //! The crate hard-codes `https://{namespace}.servicebus.windows.net`, so only the public
 //! Azure cloud is reachable (or anything the injected client redirects to).
 
+use super::peek::PeekEndpoint;
 use super::postgres::{renew_session, PostgresBus, PostgresBusConfig};
 use super::{
     postgres::list_parked, reasons, Abandon, Bus, BusError, DeadLetter, Lock, OutgoingMessage,
@@ -130,6 +135,29 @@ pub struct ServiceBusConfig {
     /// The queues' lock duration (Terraform: `PT1M`): how long a receiver holds a session
     /// (and a handed-over message) without renewing.
     pub session_lock: Duration,
+    /// The policy statistics are read with (`ServiceBus__StatsConnectionString`: Terraform's
+    /// `teachin-stats` rule, Listen and Manage on the namespace). The management API refuses a
+    /// key without Manage (401), and the data policy above is Listen and Send only. `None`:
+    /// the data policy reads them too (it then needs Manage itself).
+    pub stats_policy: Option<SharedAccessPolicy>,
+    /// Where the peek that finds the oldest message connects (see [`super::peek`]).
+    pub peek_endpoint: PeekEndpoint,
+}
+
+/// A shared access policy of the namespace: a rule's name and one of its keys.
+#[derive(Clone)]
+pub struct SharedAccessPolicy {
+    pub name: String,
+    pub key: String,
+}
+
+impl fmt::Debug for SharedAccessPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedAccessPolicy")
+            .field("name", &self.name)
+            .field("key", &"<secret>")
+            .finish()
+    }
 }
 
 impl fmt::Debug for ServiceBusConfig {
@@ -141,6 +169,8 @@ impl fmt::Debug for ServiceBusConfig {
             .field("max_delivery_count", &self.max_delivery_count)
             .field("retry", &self.retry)
             .field("session_lock", &self.session_lock)
+            .field("stats_policy", &self.stats_policy)
+            .field("peek_endpoint", &self.peek_endpoint)
             .finish()
     }
 }
@@ -191,7 +221,36 @@ impl ServiceBusConfig {
             max_delivery_count: 10,
             retry: RetryPolicy::default(),
             session_lock: Duration::from_secs(60),
+            stats_policy: None,
+            peek_endpoint: PeekEndpoint::default(),
         })
+    }
+
+    /// Reads statistics with the policy of `raw` (`ServiceBus__StatsConnectionString`), which
+    /// must name the same namespace.
+    pub fn with_stats_connection_string(mut self, raw: &str) -> Result<Self, String> {
+        let stats = ServiceBusConfig::from_connection_string(raw)?;
+        if stats.namespace != self.namespace {
+            return Err(format!(
+                "names namespace `{}`, but the bus is `{}`",
+                stats.namespace, self.namespace
+            ));
+        }
+        self.stats_policy = Some(SharedAccessPolicy {
+            name: stats.policy_name,
+            key: stats.key,
+        });
+        Ok(self)
+    }
+
+    /// The policy statistics are read with: the stats policy, else the data policy.
+    pub fn statistics_policy(&self) -> SharedAccessPolicy {
+        self.stats_policy
+            .clone()
+            .unwrap_or_else(|| SharedAccessPolicy {
+                name: self.policy_name.clone(),
+                key: self.key.clone(),
+            })
     }
 
     pub fn host(&self) -> String {
@@ -575,22 +634,38 @@ impl ServiceBus {
             Method::Get,
         );
         let expires = Utc::now().timestamp() + SAS_VALIDITY.as_secs() as i64;
+        // Signed with the stats policy: the management API needs Manage.
+        let policy = self.config.statistics_policy();
         request.insert_header(
             azure_core::headers::AUTHORIZATION,
             sas_token(
                 &format!("https://{}/{}", self.config.host(), queue.as_str()),
-                &self.config.policy_name,
-                &self.config.key,
+                &policy.name,
+                &policy.key,
                 expires,
             ),
         );
         let response = self
             .http
-            .execute_request_check_status(&request)
+            .execute_request(&request)
             .await
             .map_err(service_bus_error)?;
-        String::from_utf8(response.body().to_vec())
-            .map_err(|e| BusError::ServiceBus(format!("the queue description is not UTF-8: {e}")))
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect_string()
+            .await
+            .map_err(|e| BusError::ServiceBus(format!("the queue description: {e}")))?;
+        if !(200..300).contains(&u16::from(status)) {
+            // The body says why (a 401 names the claims the policy lacks).
+            return Err(BusError::ServiceBus(format!(
+                "the management API answered {} for {queue} with policy `{}`: {body}",
+                u16::from(status),
+                policy.name,
+                body = body.chars().take(500).collect::<String>()
+            )));
+        }
+        Ok(body)
     }
 }
 
@@ -919,8 +994,8 @@ impl Bus for ServiceBus {
         let description = self.queue_description(queue).await?;
         // Scheduled messages (retries waiting out their backoff) are still in the queue.
         // Messages handed over to a session's holder wait in PostgreSQL.
-        let handed_over: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM bus_messages WHERE queue = $1")
+        let (handed_over, oldest_handed_over): (i64, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT count(*), min(enqueued_at) FROM bus_messages WHERE queue = $1")
                 .bind(queue.as_str())
                 .fetch_one(&self.pool)
                 .await?;
@@ -933,10 +1008,16 @@ impl Bus for ServiceBus {
                 .bind(queue.as_str())
                 .fetch_one(&self.pool)
                 .await?;
+        // The broker's oldest, by peek (AMQP: REST cannot browse), and the oldest handed over.
+        let oldest_at_broker = super::peek::oldest_enqueued_at(&self.config, queue).await?;
+        let oldest_enqueued_at = [oldest_at_broker, oldest_handed_over]
+            .into_iter()
+            .flatten()
+            .min();
         Ok(QueueStats {
             queue,
             depth: active,
-            oldest_enqueued_at: None,
+            oldest_enqueued_at,
             dead_letters: broker_dead + parked,
         })
     }
@@ -1071,6 +1152,40 @@ mod tests {
              EntityPath=engine-queue"
         )
         .is_err());
+    }
+
+    #[test]
+    fn reads_statistics_with_the_stats_policy_of_the_same_namespace() {
+        let data = ServiceBusConfig::from_connection_string(
+            "Endpoint=sb://dev-sb.servicebus.windows.net/;SharedAccessKeyName=teachin-app;\
+             SharedAccessKey=data-key",
+        )
+        .unwrap();
+        // Without a stats policy, the data policy reads statistics.
+        assert_eq!(data.statistics_policy().name, "teachin-app");
+        let both = data
+            .clone()
+            .with_stats_connection_string(
+                "Endpoint=sb://dev-sb.servicebus.windows.net/;SharedAccessKeyName=teachin-stats;\
+                 SharedAccessKey=stats-key",
+            )
+            .unwrap();
+        assert_eq!(both.policy_name, "teachin-app");
+        let stats = both.statistics_policy();
+        assert_eq!(
+            (stats.name.as_str(), stats.key.as_str()),
+            ("teachin-stats", "stats-key")
+        );
+        assert!(
+            !format!("{both:?}").contains("stats-key"),
+            "the key is not printed"
+        );
+        let elsewhere = data
+            .with_stats_connection_string(
+                "Endpoint=sb://prod-sb.servicebus.windows.net/;SharedAccessKeyName=s;SharedAccessKey=k",
+            )
+            .unwrap_err();
+        assert!(elsewhere.contains("prod-sb"), "{elsewhere}");
     }
 
     #[test]

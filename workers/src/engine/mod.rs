@@ -12,6 +12,11 @@
 //! - [`stream`] — the frames of a streamed answer.
 //! - [`tools`] — the tools the model may call (the clock, Tavily web search).
 //! - [`settings`] — the provider and tool settings and their environment variables.
+//! - [`usage`] — the day's model usage per person in Redis, which the manager's quotas read
+//!   and the engine adds each answer's tokens to.
+//!
+//! What the engine logs about a request is its ids, sizes, token counts and durations — never
+//! a prompt, a student's message or the model's answer (personal data, kept sealed in the log).
 //!
 //! The binary calls [`run_engine`]; [`engine_consumer`] is the same consumer, for callers
 //! that drive it themselves (tests take one message at a time).
@@ -23,6 +28,7 @@ pub mod settings;
 pub mod stream;
 pub mod tools;
 pub mod tutor;
+pub mod usage;
 
 use crate::ai::AiProvider;
 use crate::bus::{Bus, QueueName};
@@ -51,6 +57,9 @@ pub struct EngineSettings {
     pub tutor: TutorSettings,
     pub generation: GenerationSettings,
     pub web_search: WebSearchSettings,
+    /// Where each model call's tokens are counted against its person's daily quota; `None`
+    /// counts nothing (tests that run without Redis; the binary always sets it).
+    pub usage: Option<usage::UsageLedger>,
 }
 
 /// What the engine needs.
@@ -79,6 +88,7 @@ pub fn engine_consumer(deps: &EngineDeps) -> Consumer {
         deps.provider.clone(),
         Tools::new(&deps.settings.web_search),
         deps.settings.tutor.clone(),
+        deps.settings.usage.clone(),
     );
     let generations = Generations::new(
         deps.bus.clone(),
@@ -86,6 +96,7 @@ pub fn engine_consumer(deps: &EngineDeps) -> Consumer {
         context,
         deps.provider.clone(),
         deps.settings.generation.clone(),
+        deps.settings.usage.clone(),
     );
     Consumer::new(
         CONSUMER_NAME,

@@ -23,6 +23,7 @@ use super::context::{ContextError, ContextReader, Conversation};
 use super::prompting::{self, fallback_title, fixed_title, parse_title};
 use super::stream::{FrameOut, FrameSettings};
 use super::tools::Tools;
+use super::usage::UsageLedger;
 use crate::ai::{AiError, AiProvider, ChatMessage, ChatRequest, Speaker, StreamEvent, Usage};
 use crate::bus::{Bus, BusError, OutgoingMessage, QueueName};
 use crate::consumer::{Handler, HandlerError, MessageContext};
@@ -80,6 +81,7 @@ struct Inner {
     provider: Arc<dyn AiProvider>,
     tools: Tools,
     settings: TutorSettings,
+    usage: Option<UsageLedger>,
 }
 
 impl TutorReplies {
@@ -90,6 +92,7 @@ impl TutorReplies {
         provider: Arc<dyn AiProvider>,
         tools: Tools,
         settings: TutorSettings,
+        usage: Option<UsageLedger>,
     ) -> Self {
         TutorReplies {
             inner: Arc::new(Inner {
@@ -99,6 +102,7 @@ impl TutorReplies {
                 provider,
                 tools,
                 settings,
+                usage,
             }),
         }
     }
@@ -359,6 +363,7 @@ impl Inner {
                     });
                 }
             };
+            self.record_usage(job.student, completion.usage).await;
             reply.text.push_str(&completion.text);
             reply.usage.prompt_tokens += completion.usage.prompt_tokens;
             reply.usage.completion_tokens += completion.usage.completion_tokens;
@@ -438,7 +443,7 @@ impl Inner {
         .await
         .map_err(sending("the reply"))?;
         if !conversation.has_title {
-            self.title(request, &conversation, job.context)
+            self.title(request, job.student, &conversation, job.context)
                 .await
                 .map_err(sending("the title"))?;
         }
@@ -450,12 +455,13 @@ impl Inner {
     async fn title(
         &self,
         request: &TutorReplyRequest,
+        student: UserId,
         conversation: &Conversation,
         context: &MessageContext,
     ) -> Result<(), BusError> {
         let (title, generated) = match fixed_title(conversation) {
             Some(title) => (title, false),
-            None => match self.generate_title(conversation).await {
+            None => match self.generate_title(student, conversation).await {
                 Some(title) => (title, true),
                 None => (fallback_title(Utc::now()), false),
             },
@@ -474,7 +480,7 @@ impl Inner {
         .await
     }
 
-    async fn generate_title(&self, conversation: &Conversation) -> Option<String> {
+    async fn generate_title(&self, student: UserId, conversation: &Conversation) -> Option<String> {
         let messages = match prompting::title_messages(conversation) {
             Ok(messages) => messages,
             Err(error) => {
@@ -491,9 +497,14 @@ impl Inner {
         let mut ignore = |_: StreamEvent| {};
         match self.provider.complete(&request, &mut ignore).await {
             Ok(completion) => {
+                self.record_usage(student, completion.usage).await;
                 let title = parse_title(&completion.text);
                 if title.is_none() {
-                    tracing::warn!(answer = %completion.text, "the model's title is not {{\"title\"}}; using the fallback");
+                    // The answer's size only: it is the model's text about the student's words.
+                    tracing::warn!(
+                        answer_chars = completion.text.chars().count(),
+                        "the model's title is not {{\"title\"}}; using the fallback"
+                    );
                 }
                 title
             }
@@ -501,6 +512,14 @@ impl Inner {
                 tracing::warn!(%error, "title generation failed; using the fallback");
                 None
             }
+        }
+    }
+
+    /// Counts a model call's tokens against the student's daily quota.
+    async fn record_usage(&self, student: UserId, usage: Usage) {
+        if let Some(ledger) = &self.usage {
+            let tokens = u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens);
+            ledger.record_tokens(student, tokens).await;
         }
     }
 

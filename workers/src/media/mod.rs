@@ -20,9 +20,13 @@
 //! - **A local directory** (the default, `./data/avatars`): the manager serves
 //!   `PUT /media/upload/...` and `GET /media/avatars/...` itself (`teachin_api::media`), and
 //!   the URLs carry an HMAC signature with an expiry ([`signing`]) in place of the SAS.
+//!
+//! Nothing is kept that is not someone's avatar: an erasure deletes the person's folder, and
+//! [`retention`] sweeps uploads never confirmed (and files an interrupted erasure left).
 
 pub mod azure;
 pub mod image;
+pub mod retention;
 pub mod signing;
 
 use bytes::Bytes;
@@ -174,6 +178,14 @@ pub struct CheckedUpload {
     /// What the file is, by its first bytes.
     pub content_type: &'static str,
     pub size: u64,
+}
+
+/// A file in a person's folder, as the store lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    pub path: String,
+    /// When it was uploaded (the store's last-modified time).
+    pub written_at: DateTime<Utc>,
 }
 
 enum Signing {
@@ -378,6 +390,54 @@ impl AvatarStore {
         }
     }
 
+    /// Deletes every file in `owner`'s folder (their avatar and any upload never confirmed)
+    /// and returns how many; an empty or missing folder is not an error, so an erasure can
+    /// run this again.
+    pub async fn delete_all_of(&self, owner: UserId) -> Result<usize, AvatarError> {
+        let files = self.files_of(owner).await?;
+        for file in &files {
+            self.delete(&file.path).await?;
+        }
+        Ok(files.len())
+    }
+
+    /// The folders in the container, by owner (anything that is not a person's folder is
+    /// not this module's and is left alone).
+    pub async fn owners(&self) -> Result<Vec<UserId>, AvatarError> {
+        let listed = self
+            .inner
+            .store
+            .list_with_delimiter(None)
+            .await
+            .map_err(|e| AvatarError::Storage(e.to_string()))?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|prefix| Uuid::parse_str(prefix.as_ref()).ok())
+            .map(UserId)
+            .collect())
+    }
+
+    /// The files in `owner`'s folder that have the issued shape, with when each was written.
+    pub async fn files_of(&self, owner: UserId) -> Result<Vec<StoredFile>, AvatarError> {
+        let folder = Path::from(owner.to_string());
+        let listed = self
+            .inner
+            .store
+            .list_with_delimiter(Some(&folder))
+            .await
+            .map_err(|e| AvatarError::Storage(e.to_string()))?;
+        Ok(listed
+            .objects
+            .into_iter()
+            .filter(|meta| parse_path(meta.location.as_ref()).is_ok())
+            .map(|meta| StoredFile {
+                path: meta.location.to_string(),
+                written_at: meta.last_modified,
+            })
+            .collect())
+    }
+
     async fn sign(
         &self,
         access: Access,
@@ -521,6 +581,54 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_folder_lists_the_issued_files_and_deletes_whole() {
+        let directory = std::env::temp_dir().join(format!("avatars-{}", Uuid::new_v4()));
+        let store = AvatarStore::from_settings(&AvatarSettings {
+            backend: AvatarBackend::Local(LocalAvatarSettings {
+                directory: directory.clone(),
+                base_url: "http://localhost".into(),
+                signing_key: b"a key for this test only".to_vec(),
+            }),
+            max_bytes: DEFAULT_MAX_BYTES,
+        })
+        .unwrap();
+        let owner = UserId(Uuid::new_v4());
+        let other = UserId(Uuid::new_v4());
+        let png = Bytes::from_static(b"\x89PNG\r\n\x1a\n0000");
+        let name = |n: u8| format!("{}.png", format!("{n:x}").repeat(32));
+        for path in [
+            format!("{owner}/{}", name(1)),
+            format!("{owner}/{}", name(2)),
+        ] {
+            store.store_local(&path, png.clone()).await.unwrap();
+        }
+        store
+            .store_local(&format!("{other}/{}", name(3)), png.clone())
+            .await
+            .unwrap();
+        // Not this module's: a stray file and a folder that is nobody's.
+        std::fs::write(directory.join(owner.to_string()).join("notes.txt"), "x").unwrap();
+        std::fs::create_dir_all(directory.join("tmp")).unwrap();
+        std::fs::write(directory.join("tmp").join("x"), "x").unwrap();
+
+        let mut owners = store.owners().await.unwrap();
+        owners.sort_by_key(|o| o.0);
+        let mut expected = vec![owner, other];
+        expected.sort_by_key(|o| o.0);
+        assert_eq!(owners, expected);
+        let files = store.files_of(owner).await.unwrap();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(files.iter().all(|f| f.written_at <= Utc::now()));
+
+        assert_eq!(store.delete_all_of(owner).await.unwrap(), 2);
+        assert!(store.files_of(owner).await.unwrap().is_empty());
+        assert_eq!(store.files_of(other).await.unwrap().len(), 1);
+        // Again, as a retried erasure does: nothing left, no error.
+        assert_eq!(store.delete_all_of(owner).await.unwrap(), 0);
+        std::fs::remove_dir_all(directory).unwrap();
     }
 
     #[test]

@@ -29,12 +29,26 @@
 //!   entity that requires sessions to create a non-sessionful message receiver", as Service
 //!   Bus does: the REST API has no session receiver (accept-session, session lock renewal
 //!   and session state are AMQP-only), so nothing over REST can read such a queue.
-//! - Every request must carry a valid SAS token for the endpoint's key (else 401).
+//! - Every request must carry a valid SAS token signed with the key of one of the namespace's
+//!   policies, and the policy must hold the right the operation needs, as Service Bus checks
+//!   claims: `Send` to send, `Listen` to peek-lock and settle, `Manage` for the management API
+//!   (else 401 "Manage,EntityRead claims required for this operation"). The policies are
+//!   Terraform's: [`ROOT_POLICY`] (all three), [`STATS_POLICY`] (all three: Service Bus grants
+//!   Manage only with Listen and Send) and [`APP_POLICY`] (Listen and Send).
+//!
+//! - AMQP, for the one thing only AMQP has — the peek (`com.microsoft:peek-message` on
+//!   `{queue}/$management`, see `crate::bus::peek`): on a second local port, plain TCP, SASL
+//!   PLAIN with a policy's name and key (else the SASL outcome is `auth`); a policy without
+//!   Listen gets `statusCode` 401. It answers with the queue's messages at or past
+//!   `from-sequence-number` in sequence order — locked and scheduled ones included — each an
+//!   encoded AMQP message carrying `x-opt-sequence-number`, `x-opt-enqueued-time` and the
+//!   custom properties as application properties, or 204 when there are none.
 //!
 //! The adapter is pointed here by [`RedirectingHttpClient`], which sends every request meant
 //! for `https://{namespace}.servicebus.windows.net` to this endpoint instead — the injected
 //! `HttpClient` is the only thing that differs from production.
 
+use crate::bus::peek::PeekEndpoint;
 use crate::bus::servicebus::{ServiceBusConfig, DEAD_LETTER_SUBQUEUE};
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
@@ -52,9 +66,29 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// The endpoint's namespace, policy and key (what a connection string would say).
+/// The endpoint's namespace (what a connection string would say).
 pub const NAMESPACE: &str = "teachin-local";
-pub const POLICY: &str = "RootManageSharedAccessKey";
+/// The namespace's own policy: Manage, Listen and Send.
+pub const ROOT_POLICY: &str = "RootManageSharedAccessKey";
+/// Terraform's `teachin-stats` rule (`ServiceBus__StatsConnectionString`): Manage, Listen, Send.
+pub const STATS_POLICY: &str = "teachin-stats";
+/// Terraform's `teachin-app` rule (`ServiceBus__ConnectionString`): Listen and Send only.
+pub const APP_POLICY: &str = "teachin-app";
+
+/// A right a policy grants (a claim of its tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Right {
+    Send,
+    Listen,
+    Manage,
+}
+
+/// The policies and the rights each grants.
+const POLICIES: [(&str, &[Right]); 3] = [
+    (ROOT_POLICY, &[Right::Manage, Right::Listen, Right::Send]),
+    (STATS_POLICY, &[Right::Manage, Right::Listen, Right::Send]),
+    (APP_POLICY, &[Right::Listen, Right::Send]),
+];
 
 #[derive(Debug, Clone)]
 pub struct LocalServiceBusSettings {
@@ -79,30 +113,43 @@ impl Default for LocalServiceBusSettings {
 /// A running endpoint; stops when dropped.
 pub struct LocalServiceBus {
     pub addr: SocketAddr,
-    pub key: String,
+    /// The AMQP port (peek only).
+    pub amqp_addr: SocketAddr,
+    /// Each policy's key.
+    keys: HashMap<&'static str, String>,
     max_delivery_count: u32,
     lock_duration: Duration,
     server: tokio::task::JoinHandle<()>,
+    amqp_server: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for LocalServiceBus {
     fn drop(&mut self) {
         self.server.abort();
+        self.amqp_server.abort();
     }
 }
 
 impl LocalServiceBus {
     /// Starts an endpoint on a free local port.
     pub async fn start(settings: LocalServiceBusSettings) -> Self {
-        let key = format!("local-key-{}", Uuid::new_v4().simple());
+        let keys: HashMap<&'static str, String> = POLICIES
+            .iter()
+            .map(|(policy, _)| (*policy, format!("local-key-{}", Uuid::new_v4().simple())))
+            .collect();
         let max_delivery_count = settings.max_delivery_count;
         let lock_duration = settings.lock_duration;
         let broker = Arc::new(Broker {
             settings,
-            key: key.clone(),
+            keys: keys.clone(),
             state: Mutex::new(BrokerState::default()),
             arrived: Notify::new(),
         });
+        let amqp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a local port");
+        let amqp_addr = amqp_listener.local_addr().expect("a bound address");
+        let amqp_server = tokio::spawn(amqp::serve(amqp_listener, broker.clone()));
         let app = Router::new().fallback(handle).with_state(broker);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -113,26 +160,35 @@ impl LocalServiceBus {
         });
         LocalServiceBus {
             addr,
-            key,
+            amqp_addr,
+            amqp_server,
+            keys,
             max_delivery_count,
             lock_duration,
             server,
         }
     }
 
-    /// What the adapter is configured with (its `max_delivery_count` the queues').
+    /// What the adapter is configured with in production: the Listen+Send policy for the
+    /// messages, the Manage one for statistics (its `max_delivery_count` the queues').
     pub fn config(&self) -> ServiceBusConfig {
-        let mut config = ServiceBusConfig::from_connection_string(&self.connection_string())
-            .expect("the local connection string parses");
+        let mut config =
+            ServiceBusConfig::from_connection_string(&self.connection_string(APP_POLICY))
+                .expect("the local connection string parses")
+                .with_stats_connection_string(&self.connection_string(STATS_POLICY))
+                .expect("the local stats connection string parses");
         config.max_delivery_count = self.max_delivery_count;
         config.session_lock = self.lock_duration;
+        config.peek_endpoint = PeekEndpoint::Local(self.amqp_addr);
         config
     }
 
-    pub fn connection_string(&self) -> String {
+    /// The namespace's connection string for `policy` (one of [`ROOT_POLICY`],
+    /// [`STATS_POLICY`], [`APP_POLICY`]).
+    pub fn connection_string(&self, policy: &str) -> String {
         format!(
-            "Endpoint=sb://{NAMESPACE}.servicebus.windows.net/;SharedAccessKeyName={POLICY};SharedAccessKey={}",
-            self.key
+            "Endpoint=sb://{NAMESPACE}.servicebus.windows.net/;SharedAccessKeyName={policy};SharedAccessKey={}",
+            self.keys[policy]
         )
     }
 
@@ -184,7 +240,7 @@ impl azure_core::HttpClient for RedirectingHttpClient {
 
 struct Broker {
     settings: LocalServiceBusSettings,
-    key: String,
+    keys: HashMap<&'static str, String>,
     state: Mutex<BrokerState>,
     arrived: Notify,
 }
@@ -286,6 +342,17 @@ enum Operation {
     Describe,
 }
 
+impl Operation {
+    /// The right a token must carry for it.
+    fn right(&self) -> Right {
+        match self {
+            Operation::Send => Right::Send,
+            Operation::PeekLock | Operation::Settle { .. } => Right::Listen,
+            Operation::Describe => Right::Manage,
+        }
+    }
+}
+
 fn route(method: &HttpMethod, path: &str) -> Option<(String, Operation)> {
     let path = path.replace("%24", "$");
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -322,12 +389,29 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(problem) = broker.authorize(&headers) {
-        return (StatusCode::UNAUTHORIZED, problem).into_response();
-    }
+    let rights = match broker.authorize(&headers) {
+        Ok(rights) => rights,
+        Err(problem) => return (StatusCode::UNAUTHORIZED, problem).into_response(),
+    };
     let Some((entity, operation)) = route(&method, uri.path()) else {
         return (StatusCode::BAD_REQUEST, "unsupported operation").into_response();
     };
+    let needed = operation.right();
+    if !rights.contains(&needed) {
+        let claims = match needed {
+            Right::Send => "Send",
+            Right::Listen => "Listen",
+            Right::Manage => "Manage,EntityRead",
+        };
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "<Error><Code>401</Code><Detail>Unauthorized access. '{claims}' claim(s) are \
+                 required to perform this operation.</Detail></Error>"
+            ),
+        )
+            .into_response();
+    }
     match operation {
         Operation::Send => broker.send(&entity, &headers, body),
         Operation::PeekLock if broker.requires_session(&entity) => (
@@ -360,8 +444,9 @@ impl Broker {
         self.settings.requires_session.iter().any(|q| q == entity)
     }
 
-    /// Checks the SAS token as Service Bus does: policy name, expiry and signature.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), String> {
+    /// Checks the SAS token as Service Bus does: policy name, expiry and signature; the
+    /// rights of its policy.
+    fn authorize(&self, headers: &HeaderMap) -> Result<&'static [Right], String> {
         let raw = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -384,9 +469,9 @@ impl Broker {
             (Some(sr), Some(sig), Some(se), Some(skn)) => (*sr, *sig, *se, *skn),
             _ => return Err("the token lacks sr, sig, se or skn".into()),
         };
-        if skn != POLICY {
+        let Some((_, rights)) = POLICIES.iter().find(|(policy, _)| *policy == skn) else {
             return Err(format!("unknown policy {skn}"));
-        }
+        };
         let expiry: i64 = se.parse().map_err(|_| "se is not a number")?;
         if expiry < Utc::now().timestamp() {
             return Err("the token has expired".into());
@@ -395,7 +480,7 @@ impl Broker {
             .next()
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.as_bytes()).expect("any key");
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.keys[skn].as_bytes()).expect("any key");
         mac.update(format!("{sr}\n{se}").as_bytes());
         let expected = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
@@ -404,7 +489,7 @@ impl Broker {
         if signature != expected {
             return Err("the signature does not match".into());
         }
-        Ok(())
+        Ok(*rights)
     }
 
     fn send(&self, entity: &str, headers: &HeaderMap, body: Bytes) -> Response {
@@ -637,6 +722,249 @@ impl Broker {
             xml,
         )
             .into_response()
+    }
+}
+
+/// The endpoint's AMQP side: the peek, nothing else (see the module comment).
+mod amqp {
+    use super::{Broker, Right, POLICIES};
+    use crate::bus::peek::{encode_message, ENQUEUED_TIME, PEEK_OPERATION, SEQUENCE_NUMBER};
+    use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
+    use fe2o3_amqp::acceptor::{
+        ConnectionAcceptor, LinkAcceptor, LinkEndpoint, SaslAcceptor, SessionAcceptor,
+    };
+    use fe2o3_amqp::types::messaging::{
+        AmqpValue, ApplicationProperties, Batch, Body, Data, Message, MessageAnnotations,
+        Properties,
+    };
+    use fe2o3_amqp::types::primitives::{
+        Array, Binary, OrderedMap, SimpleValue, Symbol, Timestamp, Value,
+    };
+    use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    pub(super) async fn serve(listener: tokio::net::TcpListener, broker: Arc<Broker>) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let _ = connection(stream, broker).await;
+            });
+        }
+    }
+
+    /// SASL PLAIN against the namespace's policies; remembers which one signed in.
+    #[derive(Clone)]
+    struct Policies {
+        keys: HashMap<&'static str, String>,
+        signed_in: Arc<Mutex<Option<&'static str>>>,
+    }
+
+    impl SaslAcceptor for Policies {
+        fn mechanisms(&self) -> Array<Symbol> {
+            Array::from(vec![Symbol::from("PLAIN")])
+        }
+
+        fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
+            let response = init
+                .initial_response
+                .map(|r| r.into_vec())
+                .unwrap_or_default();
+            let mut parts = response.split(|b| *b == 0);
+            let (_, name, key) = (parts.next(), parts.next(), parts.next());
+            let found = self.keys.iter().find(|(policy, policy_key)| {
+                Some(policy.as_bytes()) == name && Some(policy_key.as_bytes()) == key
+            });
+            let code = match found {
+                Some((policy, _)) => {
+                    *self.signed_in.lock().expect("not poisoned") = Some(*policy);
+                    SaslCode::Ok
+                }
+                None => SaslCode::Auth,
+            };
+            SaslServerFrame::Outcome(SaslOutcome {
+                code,
+                additional_data: None,
+            })
+        }
+
+        fn on_response(&mut self, _: SaslResponse) -> SaslServerFrame {
+            SaslServerFrame::Outcome(SaslOutcome {
+                code: SaslCode::Sys,
+                additional_data: None,
+            })
+        }
+    }
+
+    async fn connection(stream: tokio::net::TcpStream, broker: Arc<Broker>) -> Result<(), String> {
+        let signed_in = Arc::new(Mutex::new(None));
+        let acceptor = ConnectionAcceptor::builder()
+            .container_id("teachin-local")
+            .sasl_acceptor(Policies {
+                keys: broker.keys.clone(),
+                signed_in: signed_in.clone(),
+            })
+            .build();
+        let mut connection = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+        let policy = signed_in
+            .lock()
+            .expect("not poisoned")
+            .ok_or("nobody signed in")?;
+        let rights = POLICIES
+            .iter()
+            .find(|(p, _)| *p == policy)
+            .map(|(_, rights)| *rights)
+            .unwrap_or_default();
+        let mut session = SessionAcceptor::new()
+            .accept(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let links = LinkAcceptor::new();
+        let (mut requests, mut replies) = (None, None);
+        while requests.is_none() || replies.is_none() {
+            match links
+                .accept(&mut session)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                LinkEndpoint::Receiver(receiver) => requests = Some(receiver),
+                LinkEndpoint::Sender(sender) => replies = Some(sender),
+            }
+        }
+        let (mut requests, mut replies) = (requests.expect("attached"), replies.expect("attached"));
+        let node = requests
+            .target()
+            .as_ref()
+            .and_then(|t| t.address.clone())
+            .unwrap_or_default();
+        let queue = node.strip_suffix("/$management").unwrap_or("").to_string();
+        while let Ok(delivery) = requests.recv::<Body<Value>>().await {
+            requests
+                .accept(&delivery)
+                .await
+                .map_err(|e| e.to_string())?;
+            let request = delivery.into_message();
+            let reply = if !rights.contains(&Right::Listen) {
+                status(401, "Unauthorized access. 'Listen' claim(s) are required.")
+            } else {
+                broker.peek(&queue, &request)
+            };
+            let reply = with_correlation(reply, &request);
+            replies.send(reply).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn status(code: i32, description: &str) -> Message<Body<Value>> {
+        Message::builder()
+            .application_properties(
+                ApplicationProperties::builder()
+                    .insert("statusCode", SimpleValue::Int(code))
+                    .insert("statusDescription", description)
+                    .build(),
+            )
+            .body(Body::Value(AmqpValue(Value::Map(OrderedMap::new()))))
+            .build()
+    }
+
+    fn with_correlation(
+        mut reply: Message<Body<Value>>,
+        request: &Message<Body<Value>>,
+    ) -> Message<Body<Value>> {
+        let id = request
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.clone());
+        reply.properties = Some(Properties {
+            correlation_id: id,
+            ..Properties::default()
+        });
+        reply
+    }
+
+    /// A field of the request's amqp-value map.
+    fn field<'v>(request: &'v Message<Body<Value>>, name: &str) -> Option<&'v Value> {
+        let Body::Value(AmqpValue(Value::Map(map))) = &request.body else {
+            return None;
+        };
+        map.iter().find_map(|(k, v)| match k {
+            Value::String(s) if s == name => Some(v),
+            Value::Symbol(s) if s.0 == name => Some(v),
+            _ => None,
+        })
+    }
+
+    impl Broker {
+        fn peek(&self, queue: &str, request: &Message<Body<Value>>) -> Message<Body<Value>> {
+            let operation = request
+                .application_properties
+                .as_ref()
+                .and_then(|p| p.0.get("operation"));
+            if operation != Some(&SimpleValue::String(PEEK_OPERATION.into())) {
+                return status(400, "only the peek is served here");
+            }
+            let (Some(Value::Long(from)), Some(Value::Int(count))) = (
+                field(request, "from-sequence-number"),
+                field(request, "message-count"),
+            ) else {
+                return status(400, "from-sequence-number (long) and message-count (int)");
+            };
+            let now = chrono::Utc::now();
+            let mut state = self.state.lock().expect("not poisoned");
+            state.expire_locks(self.settings.max_delivery_count, now);
+            let messages: Vec<Value> = state
+                .entity(queue)
+                .messages
+                .range(*from..)
+                .take((*count).max(0) as usize)
+                .map(|(_, stored)| {
+                    let mut properties = ApplicationProperties::builder();
+                    for (name, raw) in &stored.custom {
+                        // Sent over REST as JSON-quoted header values; over AMQP, strings.
+                        let text = serde_json::from_str::<String>(raw).unwrap_or(raw.clone());
+                        properties = properties.insert(name.to_ascii_lowercase(), text);
+                    }
+                    let message = Message::builder()
+                        .message_annotations(
+                            MessageAnnotations::builder()
+                                .insert(SEQUENCE_NUMBER, Value::Long(stored.sequence))
+                                .insert(
+                                    ENQUEUED_TIME,
+                                    Value::Timestamp(Timestamp::from_milliseconds(
+                                        stored.enqueued_at.timestamp_millis(),
+                                    )),
+                                )
+                                .build(),
+                        )
+                        .properties(
+                            Properties::builder()
+                                .message_id(stored.message_id.clone())
+                                .build(),
+                        )
+                        .application_properties(properties.build())
+                        .body(Body::Data(Batch::from(vec![Data(Binary::from(
+                            stored.body.to_vec(),
+                        ))])))
+                        .build();
+                    let bytes = encode_message(message).expect("a message encodes");
+                    let mut entry = OrderedMap::new();
+                    entry.insert(
+                        Value::String("message".into()),
+                        Value::Binary(Binary::from(bytes)),
+                    );
+                    Value::Map(entry)
+                })
+                .collect();
+            drop(state);
+            if messages.is_empty() {
+                return status(204, "No messages");
+            }
+            let mut body = OrderedMap::new();
+            body.insert(Value::String("messages".into()), Value::List(messages));
+            let mut reply = status(200, "OK");
+            reply.body = Body::Value(AmqpValue(Value::Map(body)));
+            reply
+        }
     }
 }
 

@@ -118,6 +118,8 @@ cloud architecture's "Environment Variables" list gives the code being written.
   value: {{ join "," $v.config.corsOrigins | quote }}
 - name: TEACHIN_TRUST_FORWARDED_FOR
   value: {{ $v.config.trustForwardedFor | quote }}
+- name: TEACHIN_COOKIE_SAME_SITE
+  value: {{ $v.config.cookieSameSite | quote }}
 - name: JWT_ISSUER
   value: {{ $v.config.jwt.issuer | quote }}
 - name: JWT_AUDIENCE
@@ -142,6 +144,9 @@ cloud architecture's "Environment Variables" list gives the code being written.
 {{- if or (eq $workload "manager") (eq $workload "accessor") }}
 - name: Speech__Region
   value: {{ $v.config.speech.region | quote }}
+{{- end }}
+{{- /* jobs: `teachin cron purge-uploads` sweeps the avatars container. */}}
+{{- if or (eq $workload "manager") (eq $workload "accessor") (eq $workload "jobs") }}
 - name: Avatars__Container
   value: {{ $v.config.avatars.container | quote }}
 {{- end }}

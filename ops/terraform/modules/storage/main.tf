@@ -110,3 +110,27 @@ resource "azurerm_storage_container" "avatars" {
   storage_account_id    = local.account.id
   container_access_type = "private"
 }
+
+# Versioning keeps a previous version of a blob at every overwrite and delete, so a deleted
+# avatar (replaced, swept by `teachin cron purge-uploads`, or its owner erased) would live on
+# as a version for ever. The rule deletes previous versions once they are as old as the
+# soft-delete window: what the application deletes is recoverable for that long, then gone.
+resource "azurerm_storage_management_policy" "old_versions" {
+  storage_account_id = local.account.id
+
+  rule {
+    name    = "delete-previous-versions"
+    enabled = true
+
+    filters {
+      blob_types   = ["blockBlob"]
+      prefix_match = ["${var.container_name}/"]
+    }
+
+    actions {
+      version {
+        delete_after_days_since_creation = var.soft_delete_days
+      }
+    }
+  }
+}

@@ -34,7 +34,7 @@ variable "container_name" {
 }
 
 variable "soft_delete_days" {
-  description = "Days deleted blobs and containers can be restored."
+  description = "Days deleted blobs and containers can be restored, and previous blob versions are kept."
   type        = number
 }
 
