@@ -67,8 +67,9 @@ pub enum CronCommand {
     /// Delete avatar uploads that never became an avatar (never confirmed, or replaced and
     /// left behind) once older than the grace period, and every file of an erased person.
     PurgeUploads {
-        /// Hours an unconfirmed upload is kept; longer than an upload URL works.
-        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
+        /// Hours an unconfirmed upload is kept; at least 2, twice the hour within which an
+        /// upload can be confirmed, so the sweep never races a confirm.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(2..))]
         grace_hours: u32,
     },
 }

@@ -199,12 +199,32 @@ async fn purge_uploads_deletes_what_was_never_confirmed_after_a_day() {
     let got = reqwest::get(read_url(&portal, &s).await).await.unwrap();
     assert_eq!(got.status(), 200);
 
-    // A grace period of zero hours would take an upload from under its confirm.
+    // An upload is confirmed within the hour or never, and the sweep's grace is at least
+    // twice that, so a sweep never deletes a file a confirm is about to make the avatar.
+    let late = upload(&portal, &s).await;
+    age(&dir.join(&late), Duration::from_secs(2 * 60 * 60));
+    let r = portal
+        .gql(
+            "mutation($s: UUID!, $p: String!) { confirmAvatarUpload(userId: $s, path: $p) { events } }",
+            json!({ "s": s, "p": late }),
+        )
+        .await;
+    assert_eq!(code(&r).as_deref(), Some("BAD_USER_INPUT"), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too old"),
+        "{r}"
+    );
     let output = teachin(&app.db)
-        .args(["cron", "purge-uploads", "--grace-hours", "0"])
+        .args(["cron", "purge-uploads", "--grace-hours", "1"])
         .output()
         .expect("the binary runs");
-    assert!(!output.status.success());
+    assert!(
+        !output.status.success(),
+        "a grace of 1 h could race a confirm"
+    );
 }
 
 /// Every kind of message with personal text the contracts carry, as its producer writes it.

@@ -50,6 +50,10 @@ pub use signing::{Access, SignatureError, UrlSigner};
 pub const DEFAULT_MAX_BYTES: u64 = 2 * 1024 * 1024;
 /// How long an upload URL works (the original's SAS lifetime).
 pub const UPLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long after it is written an upload may still be confirmed: far beyond an upload
+/// URL's life, and far inside the upload sweep's shortest grace period
+/// ([`retention::MIN_GRACE`]), so the sweep never deletes a file a confirm is about to use.
+pub const CONFIRM_WITHIN: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// How long a read URL works.
 pub const READ_URL_TTL: Duration = Duration::from_secs(15 * 60);
 /// Where the local backend's upload route is mounted.
@@ -99,6 +103,8 @@ pub enum AvatarError {
     TooLarge { max: u64 },
     #[error("the image is empty")]
     Empty,
+    #[error("the upload is too old to confirm; request a new upload URL")]
+    UploadExpired,
     #[error("this is not an avatar path this API issued")]
     InvalidPath,
     #[error("the avatar must be uploaded to this user's own folder")]
@@ -134,6 +140,7 @@ impl AvatarError {
             AvatarError::UnsupportedType => Some("contentType"),
             AvatarError::TooLarge { .. } | AvatarError::Empty => Some("size"),
             AvatarError::InvalidPath
+            | AvatarError::UploadExpired
             | AvatarError::WrongFolder
             | AvatarError::NotAnImage
             | AvatarError::TypeMismatch { .. }
@@ -326,6 +333,11 @@ impl AvatarStore {
             return Err(AvatarError::WrongFolder);
         }
         let meta = self.inner.store.head(&location).await.map_err(storage)?;
+        // An upload is confirmed soon after it is written or never: the upload sweep may
+        // delete one older than its grace period, and must not race a late confirm.
+        if meta.last_modified < Utc::now() - CONFIRM_WITHIN {
+            return Err(AvatarError::UploadExpired);
+        }
         if meta.size == 0 {
             return Err(AvatarError::Empty);
         }

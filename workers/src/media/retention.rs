@@ -56,6 +56,10 @@ async fn owner(reader: &AggregateReader, id: UserId) -> Result<Owner, AvatarErro
     })
 }
 
+/// The shortest grace period the sweep accepts: twice [`super::CONFIRM_WITHIN`], so a file
+/// the sweep may delete is well past the age at which a confirm still takes it.
+pub const MIN_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
+
 /// Deletes, as of `now`, every file of an erased person and every file older than `grace`
 /// that is not its owner's current avatar (see the module comment).
 pub async fn purge_unconfirmed(
@@ -64,6 +68,12 @@ pub async fn purge_unconfirmed(
     now: DateTime<Utc>,
     grace: Duration,
 ) -> Result<UploadSweep, AvatarError> {
+    if grace < MIN_GRACE {
+        return Err(AvatarError::Storage(format!(
+            "a grace period under {} h could delete an upload a confirm still takes",
+            MIN_GRACE.as_secs() / 3600
+        )));
+    }
     let cutoff = now
         - chrono::Duration::from_std(grace)
             .map_err(|_| AvatarError::Storage("the grace period is out of range".into()))?;
