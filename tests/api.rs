@@ -10,7 +10,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::portal::{code, email, Portal, PASSWORD};
+use support::portal::{self, code, email, Portal, PASSWORD};
 use support::{eventually, RunningApp};
 use uuid::Uuid;
 
@@ -271,36 +271,15 @@ impl Cast {
     /// (assigned, and teacher of a class the student is in), another teacher, an admin and
     /// someone not signed in.
     async fn assemble(app: &RunningApp) -> Cast {
-        let admin_email = email("admin");
-        app.create_admin(&admin_email, PASSWORD);
-        let mut admin = Portal::new(app);
-        admin.login(&admin_email).await;
-        let mut staff = Vec::new();
-        for name in ["Tal", "Omer"] {
-            let address = email(name);
-            let r = admin
-                .gql(
-                    "mutation($email: String!, $name: String!, $password: String!) {
-                       createUser(input: {role: TEACHER, firstName: $name, lastName: \"Teacher\", email: $email, password: $password}) { id }
-                     }",
-                    json!({ "email": address, "name": name, "password": PASSWORD }),
-                )
-                .await;
-            assert!(r["data"]["createUser"]["id"].is_string(), "{r}");
-            let mut p = Portal::new(app);
-            p.login(&address).await;
-            staff.push(p);
-        }
-        let other_teacher = staff.pop().unwrap();
-        let teacher = staff.pop().unwrap();
+        let admin = portal::admin(app).await;
+        let teacher = portal::teacher(app, &admin, "Tal").await;
+        let other_teacher = portal::teacher(app, &admin, "Omer").await;
+        // The student's address is part of the cast (tests read it back), so made here.
         let mut student = Portal::new(app);
         let student_email = email("shira");
         student.sign_up("Shira", &student_email).await;
         student.login(&student_email).await;
-        let mut other_student = Portal::new(app);
-        let other_email = email("yoni");
-        other_student.sign_up("Yoni", &other_email).await;
-        other_student.login(&other_email).await;
+        let other_student = portal::student(app, "Yoni").await;
 
         let (t, s) = (teacher.id().to_string(), student.id().to_string());
         // Only an admin assigns a student to a teacher.
