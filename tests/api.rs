@@ -716,28 +716,10 @@ async fn each_feature_area_through_graphql() {
 
     // An avatar: a signed upload to the manager's media routes, confirmed, then readable
     // through a signed URL by the student's teacher.
-    let png: Vec<u8> = [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 64][..]].concat();
+    let png = portal::png();
+    let path = student.upload_avatar(&s, png.clone()).await;
     let r = student
-        .gql(
-            "mutation($s: UUID!, $n: Int!) { requestAvatarUpload(userId: $s, contentType: \"image/png\", size: $n) { uploadUrl path headers { name value } } }",
-            json!({ "s": s, "n": png.len() }),
-        )
-        .await;
-    let ticket = &r["data"]["requestAvatarUpload"];
-    let mut put = reqwest::Client::new()
-        .put(
-            ticket["uploadUrl"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{r}")),
-        )
-        .body(png.clone());
-    for h in ticket["headers"].as_array().unwrap() {
-        put = put.header(h["name"].as_str().unwrap(), h["value"].as_str().unwrap());
-    }
-    let status = put.send().await.unwrap().status();
-    assert!(status.is_success(), "upload answered {status}");
-    let r = student
-        .gql("mutation($s: UUID!, $p: String!) { confirmAvatarUpload(userId: $s, path: $p) { events } }", json!({ "s": s, "p": ticket["path"] }))
+        .gql("mutation($s: UUID!, $p: String!) { confirmAvatarUpload(userId: $s, path: $p) { events } }", json!({ "s": s, "p": path }))
         .await;
     assert_eq!(r["data"]["confirmAvatarUpload"]["events"], 1, "{r}");
     let url = eventually("the avatar's read URL", || async {

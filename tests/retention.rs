@@ -11,16 +11,11 @@ mod support;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use support::portal::{code, email, Portal};
+use support::portal::{code, email, png, Portal};
 use support::{teachin, RunningApp};
 use teachin_commands::testing::TestDatabase;
 use teachin_workers::bus::postgres::{PostgresBus, PostgresBusConfig};
 use teachin_workers::bus::{reasons, Bus, OutgoingMessage, QueueName};
-
-/// A PNG by its first bytes, which is all the confirm step checks.
-fn png() -> Vec<u8> {
-    [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 64][..]].concat()
-}
 
 /// Where `teachin all` keeps this app's avatars (tests/support sets TEACHIN_AVATARS_DIR).
 fn avatars_dir(app: &RunningApp) -> PathBuf {
@@ -42,27 +37,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 
 /// Asks for an upload URL and uploads a PNG there; returns the path to confirm.
 async fn upload(portal: &Portal, user: &str) -> String {
-    let bytes = png();
-    let r = portal
-        .gql(
-            "mutation($s: UUID!, $n: Int!) { requestAvatarUpload(userId: $s, contentType: \"image/png\", size: $n) { uploadUrl path headers { name value } } }",
-            json!({ "s": user, "n": bytes.len() }),
-        )
-        .await;
-    let ticket = &r["data"]["requestAvatarUpload"];
-    let mut put = reqwest::Client::new()
-        .put(
-            ticket["uploadUrl"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{r}")),
-        )
-        .body(bytes);
-    for h in ticket["headers"].as_array().unwrap() {
-        put = put.header(h["name"].as_str().unwrap(), h["value"].as_str().unwrap());
-    }
-    let status = put.send().await.unwrap().status();
-    assert!(status.is_success(), "upload answered {status}");
-    ticket["path"].as_str().unwrap().to_string()
+    portal.upload_avatar(user, png()).await
 }
 
 async fn confirm(portal: &Portal, user: &str, path: &str) {
