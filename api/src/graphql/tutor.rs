@@ -7,7 +7,7 @@
 
 use super::limits::model_call;
 use super::{authorize, execute, new_id, signed_in, state};
-use crate::access::Subject;
+use crate::access::{Caller, Subject};
 use crate::error::ApiResult;
 use async_graphql::{Context, Enum, Object, SimpleObject};
 use teachin_domain::ids::{AttemptId, ExerciseId, RequestId, UserId};
@@ -102,15 +102,7 @@ impl TutorMutation {
             page_context,
             request_id: RequestId(request_id),
         };
-        model_call(ctx, caller, |r: &TutorRequest| r.replayed, async {
-            let changed = execute::<TutorSession>(ctx, caller, session_id, command, key).await?;
-            Ok(TutorRequest {
-                session_id,
-                request_id,
-                replayed: changed.replayed,
-            })
-        })
-        .await
+        request_reply(ctx, caller, session_id, request_id, command, key).await
     }
 
     /// Asks the tutor why an attempt was wrong, in a new conversation or again in `sessionId`.
@@ -134,14 +126,27 @@ impl TutorMutation {
             attempt: AttemptId(attempt_id),
             request_id: RequestId(request_id),
         };
-        model_call(ctx, caller, |r: &TutorRequest| r.replayed, async {
-            let changed = execute::<TutorSession>(ctx, caller, session_id, command, key).await?;
-            Ok(TutorRequest {
-                session_id,
-                request_id,
-                replayed: changed.replayed,
-            })
-        })
-        .await
+        request_reply(ctx, caller, session_id, request_id, command, key).await
     }
+}
+
+/// Issues a command that asks the tutor for a reply, counted against the caller's model
+/// quota (`model_call`), and answers with the request to follow.
+async fn request_reply(
+    ctx: &Context<'_>,
+    caller: Caller,
+    session_id: Uuid,
+    request_id: Uuid,
+    command: TutorSessionCommand,
+    key: Option<&str>,
+) -> ApiResult<TutorRequest> {
+    model_call(ctx, caller, |r: &TutorRequest| r.replayed, async {
+        let changed = execute::<TutorSession>(ctx, caller, session_id, command, key).await?;
+        Ok(TutorRequest {
+            session_id,
+            request_id,
+            replayed: changed.replayed,
+        })
+    })
+    .await
 }
