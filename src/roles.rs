@@ -66,7 +66,6 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<usize> {
 /// Runs `roles` until a shutdown signal.
 pub async fn run(settings: &Settings, roles: &[Role]) -> anyhow::Result<()> {
     tracing::info!(environment = ?settings.environment, "starting");
-    teachin_commands::aggregate_cache::configure_capacity_mib(settings.aggregate_cache_mib);
     let pool = connect(settings).await?;
     let applied = migrate(&pool).await?;
     tracing::info!(applied, "database schema is current");
@@ -388,7 +387,7 @@ async fn manager(
                 let hub = hub.clone();
                 move || hub.connections()
             })
-            .with_conflict_retries(move || bus.conflict_retries())
+            .with_bus_stats(move || bus.stats())
             .with_extra(queue_metrics(settings, pool.clone())?),
         options,
     )
@@ -423,7 +422,10 @@ fn command_bus(settings: &Settings, pool: PgPool) -> teachin_commands::CommandBu
         teachin_commands::PortSecrets {
             claims_hash_key: settings.lookup_hash_key.clone(),
         },
-        teachin_commands::BusSettings::default(),
+        teachin_commands::BusSettings {
+            aggregate_cache_mib: settings.aggregate_cache_mib,
+            ..teachin_commands::BusSettings::default()
+        },
     )
 }
 

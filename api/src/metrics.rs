@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use std::fmt::Write;
 use std::sync::Arc;
+use teachin_commands::BusStats;
 use teachin_projections::checkpoint::{self, Status, LAG_COUNT_LIMIT};
 use teachin_projections::read_models;
 
@@ -40,8 +41,10 @@ pub struct ApiMetrics {
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     conflicts: Counter,
     conflict_retries: Counter,
-    /// Read at scrape time: the command bus's count of retried conflicts.
-    conflict_retries_source: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    command_appends: Counter,
+    appended_commands: Counter,
+    /// Read at scrape time: the command bus's figures.
+    bus_stats_source: Option<Arc<dyn Fn() -> BusStats + Send + Sync>>,
     connections: Gauge,
     /// Read at scrape time: the hub's count of connected clients.
     connections_source: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
@@ -101,6 +104,8 @@ impl Default for ApiMetrics {
         );
         let conflicts = Counter::default();
         let conflict_retries = Counter::default();
+        let command_appends = Counter::default();
+        let appended_commands = Counter::default();
         let connections = Gauge::default();
         let quota_refusals = QuotaRefusals::default();
         registry.register(
@@ -129,6 +134,16 @@ impl Default for ApiMetrics {
             conflict_retries.clone(),
         );
         registry.register(
+            "command_appends",
+            "Appends that stored events (one statement, one commit each)",
+            command_appends.clone(),
+        );
+        registry.register(
+            "command_appended_commands",
+            "Commands those appends stored: more than the appends when hot streams batch",
+            appended_commands.clone(),
+        );
+        registry.register(
             "signalr_connections",
             "Realtime clients connected to this replica",
             connections.clone(),
@@ -139,7 +154,9 @@ impl Default for ApiMetrics {
             latency,
             conflicts,
             conflict_retries,
-            conflict_retries_source: None,
+            command_appends,
+            appended_commands,
+            bus_stats_source: None,
             connections,
             connections_source: None,
             extra: None,
@@ -178,12 +195,9 @@ impl ApiMetrics {
         self
     }
 
-    /// Reports `count()` (monotonic) as the retried-conflicts counter at every scrape.
-    pub fn with_conflict_retries(
-        mut self,
-        count: impl Fn() -> u64 + Send + Sync + 'static,
-    ) -> Self {
-        self.conflict_retries_source = Some(Arc::new(count));
+    /// Reports the command bus's figures (monotonic) as its counters at every scrape.
+    pub fn with_bus_stats(mut self, stats: impl Fn() -> BusStats + Send + Sync + 'static) -> Self {
+        self.bus_stats_source = Some(Arc::new(stats));
         self
     }
 
@@ -197,9 +211,15 @@ impl ApiMetrics {
         if let Some(count) = &self.connections_source {
             self.connections.set(count() as i64);
         }
-        if let Some(count) = &self.conflict_retries_source {
-            let seen = self.conflict_retries.get();
-            self.conflict_retries.inc_by(count().saturating_sub(seen));
+        if let Some(stats) = &self.bus_stats_source {
+            let stats = stats();
+            for (counter, now) in [
+                (&self.conflict_retries, stats.conflict_retries),
+                (&self.command_appends, stats.appends),
+                (&self.appended_commands, stats.appended_commands),
+            ] {
+                counter.inc_by(now.saturating_sub(counter.get()));
+            }
         }
         let extra = match &self.extra {
             Some(render) => render().await,

@@ -28,28 +28,19 @@
 //! (`TEACHIN_AGGREGATE_CACHE_MIB`; 0 turns the cache off). Hits, misses, evictions and the
 //! bytes held are counted per process for `/metrics`.
 
-use cqrs_es::persist::SerializedEvent;
 use cqrs_es::Aggregate;
-use serde::Deserialize;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Bytes an entry costs beyond its aggregate's serialized size: the map's slot, the key, the
 /// recency index, the `Arc`.
 const ENTRY_OVERHEAD_BYTES: usize = 160;
 
-/// The capacity new caches get unless configured otherwise.
+/// The capacity a bus's cache gets unless configured otherwise
+/// ([`crate::BusSettings::aggregate_cache_mib`]).
 pub const DEFAULT_CAPACITY_MIB: usize = 32;
-
-static CONFIGURED_CAPACITY_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_CAPACITY_MIB << 20);
-
-/// Sets the capacity of caches built from now on (the process's configuration, read once at
-/// start). 0 turns caching off.
-pub fn configure_capacity_mib(mib: usize) {
-    CONFIGURED_CAPACITY_BYTES.store(mib.saturating_mul(1 << 20), Ordering::Relaxed);
-}
 
 /// This process's figures, summed over its caches.
 #[derive(Debug, Default)]
@@ -121,18 +112,12 @@ struct Entry {
     /// The sequence `aggregate` stands at.
     sequence: usize,
     snapshot: Option<usize>,
-    /// Events appended since, not yet applied: an append knows only the stored form of its
-    /// events (cqrs-es's repository API), so the next command on the stream applies them.
-    pending: Vec<SerializedEvent>,
+    /// What the entry counts against the capacity: measured when filed, then grown by the
+    /// size of each append's events (see [`AggregateCache::advance`]).
     weight: usize,
+    /// `weight` when it was last measured.
+    measured: usize,
     used: u64,
-}
-
-impl Entry {
-    /// The sequence of the stream's last event this entry knows of.
-    fn last_sequence(&self) -> usize {
-        self.pending.last().map_or(self.sequence, |e| e.sequence)
-    }
 }
 
 #[derive(Default)]
@@ -207,12 +192,6 @@ pub struct AggregateCache {
     capacity: usize,
 }
 
-impl Default for AggregateCache {
-    fn default() -> Self {
-        Self::with_capacity_bytes(CONFIGURED_CAPACITY_BYTES.load(Ordering::Relaxed))
-    }
-}
-
 impl AggregateCache {
     pub fn with_capacity_bytes(capacity: usize) -> Self {
         Self {
@@ -225,8 +204,7 @@ impl AggregateCache {
         self.capacity > 0
     }
 
-    /// A copy of the cached aggregate with every append since applied, counted as a hit or
-    /// a miss. An entry whose appended events cannot be read back is dropped (a miss).
+    /// A copy of the cached aggregate, counted as a hit or a miss.
     pub fn get<A>(&self, id: &str) -> Option<Cached<A>>
     where
         A: Aggregate + Clone + 'static,
@@ -237,61 +215,29 @@ impl AggregateCache {
         let key = (A::TYPE, id.to_string());
         let found = {
             let mut inner = self.lock();
-            match inner.entries.get(&key) {
-                None => None,
-                // Applied outside the lock, so taken out meanwhile.
-                Some(entry) if !entry.pending.is_empty() => inner.remove(&key).map(Err),
-                Some(entry) => {
-                    let found = (entry.aggregate.clone(), entry.sequence, entry.snapshot);
-                    inner.touch(&key);
-                    Some(Ok(found))
-                }
+            let found = inner
+                .entries
+                .get(&key)
+                .map(|entry| (entry.aggregate.clone(), entry.sequence, entry.snapshot));
+            if found.is_some() {
+                inner.touch(&key);
             }
+            found
         };
-        let cached = match found {
-            None => None,
-            Some(Ok((any, sequence, snapshot))) => {
-                any.downcast_ref::<A>().map(|aggregate| Cached {
-                    aggregate: aggregate.clone(),
-                    sequence,
-                    snapshot,
-                })
-            }
-            Some(Err(entry)) => self.bring_forward::<A>(key, entry),
-        };
+        // Cloned outside the lock: a big aggregate does not hold up the other streams.
+        let cached = found.and_then(|(any, sequence, snapshot)| {
+            any.downcast_ref::<A>().map(|aggregate| Cached {
+                aggregate: aggregate.clone(),
+                sequence,
+                snapshot,
+            })
+        });
         let counter = match cached {
             Some(_) => &COUNTERS.hits,
             None => &COUNTERS.misses,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         cached
-    }
-
-    /// Applies an entry's pending events and files it again.
-    fn bring_forward<A>(&self, key: Key, entry: Entry) -> Option<Cached<A>>
-    where
-        A: Aggregate + Clone + 'static,
-    {
-        let mut aggregate = match Arc::downcast::<A>(entry.aggregate) {
-            Ok(arc) => Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()),
-            Err(_) => return None,
-        };
-        let mut sequence = entry.sequence;
-        for event in &entry.pending {
-            let Ok(payload) = A::Event::deserialize(&event.payload) else {
-                COUNTERS.evictions.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            aggregate.apply(payload);
-            sequence = event.sequence;
-        }
-        let cached = Cached {
-            aggregate,
-            sequence,
-            snapshot: entry.snapshot,
-        };
-        self.put(&key.1, cached.clone());
-        Some(cached)
     }
 
     /// Files `cached` (its weight measured here), unless an entry that knows a later event
@@ -307,7 +253,7 @@ impl AggregateCache {
         let weight = serialized_size(&cached.aggregate) + key.1.len() + ENTRY_OVERHEAD_BYTES;
         let mut inner = self.lock();
         if let Some(existing) = inner.entries.get(&key) {
-            if existing.last_sequence() > cached.sequence {
+            if existing.sequence > cached.sequence {
                 return;
             }
         }
@@ -315,42 +261,47 @@ impl AggregateCache {
             aggregate: Arc::new(cached.aggregate),
             sequence: cached.sequence,
             snapshot: cached.snapshot,
-            pending: Vec::new(),
             weight,
+            measured: weight,
             used: 0,
         };
         inner.insert(key, entry, self.capacity);
     }
 
-    /// Records a successful append of `events` (and of snapshot number `snapshot`) to the
-    /// stream: kept as the entry's pending events when the entry knew every event before
-    /// them, else the entry is dropped (it missed someone's append).
-    pub fn appended(
-        &self,
-        aggregate_type: &'static str,
-        events: &[SerializedEvent],
-        snapshot: Option<usize>,
-    ) {
-        let Some(first) = events.first() else { return };
+    /// Records a successful append: the stream went from event `from` to `to.sequence`, and
+    /// `to` is the aggregate after it. Kept when the entry stood at `from` (it knew every
+    /// event before the append), else the entry is dropped: it missed someone's append.
+    ///
+    /// Measuring an aggregate means serializing it, too dear for every command; the entry's
+    /// weight grows instead by `added_bytes` (the appended events' size, what the aggregate
+    /// can have grown by at most for most aggregates) and is measured again once it doubled
+    /// since the last measure, so the estimate stays within a factor two of the truth at a
+    /// cost per appended byte that does not grow with the aggregate.
+    pub fn advance<A>(&self, id: &str, from: usize, to: Cached<A>, added_bytes: usize)
+    where
+        A: Aggregate + 'static,
+    {
         if !self.enabled() {
             return;
         }
-        let key = (aggregate_type, first.aggregate_id.clone());
+        let key = (A::TYPE, id.to_string());
         let mut inner = self.lock();
         let Some(mut entry) = inner.remove(&key) else {
             return;
         };
-        if entry.last_sequence() + 1 != first.sequence {
+        if entry.sequence != from {
             COUNTERS.evictions.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        entry.weight += events
-            .iter()
-            .map(|e| serialized_size(&e.payload))
-            .sum::<usize>();
-        entry.pending.extend_from_slice(events);
-        if snapshot.is_some() {
-            entry.snapshot = snapshot;
+        entry.weight += added_bytes;
+        if entry.weight > 2 * entry.measured {
+            entry.weight = serialized_size(&to.aggregate) + key.1.len() + ENTRY_OVERHEAD_BYTES;
+            entry.measured = entry.weight;
+        }
+        entry.aggregate = Arc::new(to.aggregate);
+        entry.sequence = to.sequence;
+        if to.snapshot.is_some() {
+            entry.snapshot = to.snapshot;
         }
         inner.insert(key, entry, self.capacity);
     }
@@ -453,18 +404,6 @@ mod tests {
     const TEXT: usize = 989;
     const ENTRY: usize = TEXT + 11 + 1 + ENTRY_OVERHEAD_BYTES;
 
-    fn event(id: &str, sequence: usize, text: &str) -> SerializedEvent {
-        SerializedEvent::new(
-            id.into(),
-            sequence,
-            "Note".into(),
-            "Appended".into(),
-            "1".into(),
-            serde_json::to_value(Appended(text.into())).unwrap(),
-            serde_json::json!({}),
-        )
-    }
-
     #[test]
     fn the_least_recently_used_entry_goes_when_the_capacity_is_passed() {
         let cache = AggregateCache::with_capacity_bytes(3 * ENTRY);
@@ -492,28 +431,28 @@ mod tests {
     }
 
     #[test]
-    fn appends_are_applied_by_the_next_read_and_weigh_on_the_bound_meanwhile() {
+    fn an_append_advances_the_entry_and_weighs_on_the_bound() {
         let cache = AggregateCache::with_capacity_bytes(3 * ENTRY);
         cache.put("a", note(0, 5));
-        cache.appended("Note", &[event("a", 6, "b"), event("a", 7, "c")], Some(1));
-        let (_, with_pending) = cache.usage();
-        assert!(
-            with_pending > 12 + ENTRY_OVERHEAD_BYTES,
-            "pending events weigh"
-        );
-        let got = cache.get::<Note>("a").unwrap();
-        assert_eq!(
-            got,
-            Cached {
-                aggregate: Note { text: "bc".into() },
-                sequence: 7,
-                snapshot: Some(1)
-            }
-        );
-        assert_eq!(cache.get::<Note>("a").unwrap(), got, "applied once");
-        // Pending events count against the capacity: appends past it push the entry out.
-        cache.appended("Note", &[event("a", 8, &"y".repeat(3 * ENTRY))], None);
-        assert_eq!(cache.usage(), (0, 0));
+        let (_, before) = cache.usage();
+        let after = Cached {
+            aggregate: Note { text: "bc".into() },
+            sequence: 7,
+            snapshot: Some(1),
+        };
+        cache.advance("a", 5, after.clone(), 2);
+        assert_eq!(cache.get::<Note>("a").unwrap(), after);
+        assert_eq!(cache.usage(), (1, before + 2), "the events' size is added");
+        // Grown past twice its last measure, the entry is measured again.
+        let grown = Cached {
+            aggregate: Note {
+                text: "y".repeat(3 * ENTRY),
+            },
+            sequence: 8,
+            snapshot: None,
+        };
+        cache.advance("a", 7, grown, before + 1);
+        assert_eq!(cache.usage(), (0, 0), "measured past the capacity, it goes");
     }
 
     #[test]
@@ -521,7 +460,7 @@ mod tests {
         let cache = AggregateCache::with_capacity_bytes(3 * ENTRY);
         cache.put("a", note(0, 5));
         // Someone else appended 6; this process appended 7.
-        cache.appended("Note", &[event("a", 7, "c")], None);
+        cache.advance("a", 6, note(1, 7), 1);
         assert!(cache.get::<Note>("a").is_none());
         assert_eq!(cache.usage(), (0, 0));
     }

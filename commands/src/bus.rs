@@ -1,35 +1,46 @@
 //! The command bus: the one way anything changes.
 //!
-//! It runs a command through cqrs-es over postgres-es — load the aggregate (from its snapshot
-//! plus the events after it, one query: [`crate::event_repository`]), let the aggregate
-//! decide, append the events — and adds what
-//! cqrs-es leaves to us:
+//! A command is queued on its stream ([`crate::stream_queues`]); the stream's worker takes
+//! what has queued up as a batch, loads the aggregate once (from the cache, or its snapshot
+//! plus the events after it: [`crate::event_repository`]), lets the aggregate decide each
+//! command on the state the previous one left, and appends every decided event in one
+//! statement. Under no load a batch is one command; a hot stream (a class, a shared deck)
+//! takes a batch per commit instead of a command per commit. Around that the bus adds:
 //!
 //! - **Metadata on every event**: who issued the command, the correlation id of the whole
 //!   interaction, the causation id (the request or event that caused it), the command's id,
-//!   its type and its idempotency key.
-//! - **Bounded retries** of optimistic-concurrency conflicts, each reloading the aggregate; past
-//!   the bound the caller gets [`CommandError::Conflict`]. Within one process, commands on the
-//!   same stream take turns ([`crate::stream_locks`]), so conflicts arise only between replicas.
-//! - **Idempotency**: a trigger records a receipt for every command in the same transaction as
-//!   its events (migration `event_store`). A command repeated with the same idempotency key (or
-//!   retried after an ambiguous failure) finds the receipt and gets the first result back,
-//!   appending nothing.
+//!   its type and its idempotency key. Each command of a batch keeps its own.
+//! - **Each caller its own answer**: a refused command answers alone with its error and adds
+//!   nothing; the others' events stand. Answers are sent only once the batch's append is
+//!   known, because a refusal decided after other commands' events is only true if those
+//!   events are stored.
+//! - **Bounded retries** of optimistic-concurrency conflicts (another replica appended first):
+//!   the batch is reloaded and decided again; past the bound each caller gets
+//!   [`CommandError::Conflict`].
+//! - **Idempotency**: a trigger records a receipt for every command in the same statement as
+//!   its events (migration `event_store`). A command repeated with the same idempotency key
+//!   finds the receipt and gets the first result back, appending nothing; an append whose
+//!   outcome was lost is settled by looking its receipts up. Two commands with one key never
+//!   share a batch (the trigger would file them as one).
 
-use crate::event_repository::EventRepository;
-use crate::stream_locks::StreamLocks;
-use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
-use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use crate::aggregate_cache::DEFAULT_CAPACITY_MIB;
+use crate::event_repository::{AppendError, EventRepository, Loaded};
+use crate::stream_queues::StreamQueues;
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::{Aggregate, EventEnvelope};
 use rand::Rng;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use teachin_domain::actor::Actor;
 use teachin_domain::error::{DomainError, ErrorKind};
 use teachin_domain::services::DomainServices;
+use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Metadata keys written on every event.
@@ -133,6 +144,10 @@ pub struct BusSettings {
     pub max_attempts: u32,
     /// A snapshot is written every this many events of one stream.
     pub snapshot_every: usize,
+    /// Memory for hot aggregates ([`crate::aggregate_cache`]); 0 turns the cache off.
+    pub aggregate_cache_mib: usize,
+    /// Most commands one append takes from a stream's queue.
+    pub max_batch: usize,
 }
 
 impl Default for BusSettings {
@@ -140,8 +155,28 @@ impl Default for BusSettings {
         Self {
             max_attempts: 5,
             snapshot_every: 100,
+            aggregate_cache_mib: DEFAULT_CAPACITY_MIB,
+            max_batch: 64,
         }
     }
+}
+
+/// What a bus has done since it was built, for `/metrics` and the bench.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Optimistic-concurrency conflicts retried (each reloads and decides again).
+    pub conflict_retries: u64,
+    /// Appends that stored events, and the commands they stored: their ratio is how much
+    /// batching saves on hot streams.
+    pub appends: u64,
+    pub appended_commands: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    conflict_retries: AtomicU64,
+    appends: AtomicU64,
+    appended_commands: AtomicU64,
 }
 
 /// Loads aggregates from the store (snapshot plus later events, upcast). Needs no domain
@@ -149,22 +184,17 @@ impl Default for BusSettings {
 #[derive(Clone)]
 pub struct AggregateReader {
     repository: EventRepository,
-    snapshot_every: usize,
 }
-
-type Store<A> = PersistedEventStore<EventRepository, A>;
 
 impl AggregateReader {
     pub fn new(pool: PgPool, settings: BusSettings) -> Self {
         Self {
-            repository: EventRepository::new(pool, settings.snapshot_every),
-            snapshot_every: settings.snapshot_every,
+            repository: EventRepository::new(
+                pool,
+                settings.snapshot_every,
+                settings.aggregate_cache_mib.saturating_mul(1 << 20),
+            ),
         }
-    }
-
-    fn store<A: Aggregate>(&self) -> Store<A> {
-        PersistedEventStore::new_snapshot_store(self.repository.clone(), self.snapshot_every)
-            .with_upcasters(teachin_domain::upcasting::upcasters())
     }
 
     /// An aggregate's current state (the default state when it has no events). For ports and
@@ -184,11 +214,56 @@ pub struct CommandBus {
     reader: AggregateReader,
     services: DomainServices,
     settings: BusSettings,
-    /// Conflicts retried since start (each reloads and decides again): contention, for
-    /// `/metrics` and the bench.
-    conflict_retries: Arc<AtomicU64>,
-    streams: StreamLocks,
+    counters: Arc<Counters>,
+    queues: StreamQueues,
 }
+
+/// What the bus asks of an aggregate: the domain's services, and commands and errors that can
+/// cross to the stream's worker task (and be retried: commands are cloned for each try).
+pub trait BusAggregate:
+    Aggregate<
+        Services = DomainServices,
+        Command: Clone + Serialize + Send + Sync + 'static,
+        Error: Send + 'static,
+    > + Clone
+    + 'static
+{
+}
+
+impl<A> BusAggregate for A where
+    A: Aggregate<
+            Services = DomainServices,
+            Command: Clone + Serialize + Send + Sync + 'static,
+            Error: Send + 'static,
+        > + Clone
+        + 'static
+{
+}
+
+/// The answer one caller waits for.
+type Answer<A> = Result<CommandReceipt<A>, CommandError<<A as Aggregate>::Error>>;
+
+/// A command waiting in its stream's queue, with everything its events will carry.
+struct Pending<A: Aggregate> {
+    command: A::Command,
+    command_id: Uuid,
+    /// The receipt's key (see [`CommandContext::dedupe_key`]).
+    dedupe_key: String,
+    /// Set by the caller (an idempotency key), so a receipt may exist before the first try.
+    keyed: bool,
+    metadata: HashMap<String, String>,
+    reply: oneshot::Sender<Answer<A>>,
+}
+
+impl<A: Aggregate> Pending<A> {
+    /// Sends the answer; a caller that went away meanwhile is not an error.
+    fn answer(self, answer: Answer<A>) {
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// What one command of a batch decided.
+type Decision<A> = Result<Vec<<A as Aggregate>::Event>, <A as Aggregate>::Error>;
 
 impl CommandBus {
     pub fn new(pool: PgPool, services: DomainServices, settings: BusSettings) -> Self {
@@ -197,14 +272,22 @@ impl CommandBus {
             pool,
             services,
             settings,
-            conflict_retries: Arc::default(),
-            streams: StreamLocks::default(),
+            counters: Arc::default(),
+            queues: StreamQueues::default(),
         }
     }
 
     /// Optimistic-concurrency conflicts this bus retried since it was built.
     pub fn conflict_retries(&self) -> u64 {
-        self.conflict_retries.load(Ordering::Relaxed)
+        self.counters.conflict_retries.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> BusStats {
+        BusStats {
+            conflict_retries: self.conflict_retries(),
+            appends: self.counters.appends.load(Ordering::Relaxed),
+            appended_commands: self.counters.appended_commands.load(Ordering::Relaxed),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -220,68 +303,100 @@ impl CommandBus {
     }
 
     /// Runs `command` against aggregate `aggregate_id` of type `A`.
+    ///
+    /// The command is decided and stored by its stream's worker (a task of its own), so a
+    /// caller that goes away — a client hanging up, a timeout — takes no other caller's answer
+    /// with it; a command whose caller left before its batch was taken is not run.
     pub async fn execute<A>(
         &self,
         aggregate_id: &str,
         command: A::Command,
         context: &CommandContext,
-    ) -> Result<CommandReceipt<A>, CommandError<A::Error>>
+    ) -> Answer<A>
     where
-        A: Aggregate<Services = DomainServices> + Clone + 'static,
-        A::Command: Clone + Serialize,
+        A: BusAggregate,
     {
         let command_id = Uuid::new_v4();
-        let dedupe_key = context.dedupe_key(command_id);
-        let metadata = event_metadata::<A>(&command, context, command_id);
-        let store = self.reader.store::<A>();
-        // Commands of this process on the same stream take turns rather than conflict.
-        let _turn = self.streams.turn(A::TYPE, aggregate_id).await;
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending::<A> {
+            metadata: event_metadata::<A>(&command, context, command_id),
+            dedupe_key: context.dedupe_key(command_id),
+            keyed: context.idempotency_key.is_some(),
+            command,
+            command_id,
+            reply,
+        };
+        if self.queues.push(aggregate_id, pending) {
+            let worker = StreamWorker::<A> {
+                bus: self.clone(),
+                stream: aggregate_id.to_string(),
+                finished: false,
+                aggregate: PhantomData,
+            };
+            tokio::spawn(worker.run().in_current_span());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(CommandError::Store(
+                "the stream's worker stopped before answering".into(),
+            ))
+        })
+    }
 
-        for attempt in 1..=self.settings.max_attempts {
-            // A repeat of a command that already committed (same idempotency key, or our own
-            // earlier attempt whose outcome we could not see) answers with the first receipt.
-            if attempt > 1 || context.idempotency_key.is_some() {
-                if let Some(receipt) = self
-                    .find_receipt::<A>(&dedupe_key, aggregate_id, command_id)
-                    .await?
-                {
-                    return Ok(receipt);
-                }
+    /// Decides a batch of one stream's commands and appends what they decided, retrying
+    /// conflicts; answers every caller.
+    async fn run_batch<A: BusAggregate>(&self, aggregate_id: &str, batch: Vec<Pending<A>>) {
+        // Callers that went away before their command was taken: it is not run.
+        let mut batch: Vec<Pending<A>> =
+            batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
+        let mut checked_refusals = false;
+        let mut attempt = 0;
+        while attempt < self.settings.max_attempts {
+            attempt += 1;
+            // A repeat of a command that already committed (same idempotency key, here or on
+            // another replica) answers with the first receipt.
+            if batch.iter().any(|p| p.keyed) {
+                batch = self.answer_repeats(aggregate_id, batch).await;
             }
-
-            let outcome = async {
-                use cqrs_es::AggregateContext;
-                let mut loaded = self
-                    .reader
-                    .repository
-                    .load_for_command::<A>(aggregate_id)
-                    .await?;
-                // The sink applies each event to the aggregate it is handed, and a snapshot
-                // commit applies the new events to the loaded aggregate again: deciding on a
-                // copy keeps the loaded state as it was, so snapshots never double-apply.
-                let mut deciding = loaded.aggregate().clone();
-                let sink = cqrs_es::event_sink::EventSink::<A>::default();
-                deciding
-                    .handle(command.clone(), &self.services, &sink)
-                    .await
-                    .map_err(AggregateError::UserError)?;
-                let events = sink.collect().await;
-                store.commit(events, loaded, metadata.clone()).await
+            if batch.is_empty() {
+                return;
             }
-            .await;
-
-            match outcome {
-                Ok(events) => {
-                    return Ok(CommandReceipt {
-                        aggregate_id: aggregate_id.to_string(),
-                        events,
-                        replayed: false,
-                    })
+            let loaded = match self
+                .reader
+                .repository
+                .load_for_command::<A>(aggregate_id)
+                .await
+            {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    let message = error.to_string();
+                    for pending in batch {
+                        pending.answer(Err(CommandError::Store(message.clone())));
+                    }
+                    return;
                 }
-                Err(AggregateError::UserError(e)) => return Err(CommandError::Rejected(e)),
-                Err(AggregateError::AggregateConflict) => {
+            };
+            let (decisions, state) = self.decide(&loaded, &batch).await;
+            let events = envelopes(aggregate_id, loaded.sequence, &batch, &decisions);
+            if events.is_empty() && loaded.cached && !checked_refusals {
+                // Nothing to append, so no sequence check proves the cached state current: a
+                // refusal (or a no-op) is only given on state read from the database.
+                checked_refusals = true;
+                attempt -= 1;
+                self.reader.repository.forget::<A>(aggregate_id);
+                continue;
+            }
+            let stored = self.reader.repository.append(&loaded, &events, state).await;
+            match stored {
+                Ok(()) => {
+                    self.count_append(&events, &decisions);
+                    answer_all(aggregate_id, batch, decisions, events);
+                    return;
+                }
+                Err(AppendError::Conflict) => {
                     if attempt < self.settings.max_attempts {
-                        self.conflict_retries.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .conflict_retries
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     tracing::debug!(
                         aggregate = A::TYPE,
@@ -291,24 +406,114 @@ impl CommandBus {
                     );
                     backoff(attempt).await;
                 }
-                Err(other) => {
-                    // The commit may or may not have happened (a lost acknowledgement looks
-                    // the same as a refused write); the receipt table knows.
-                    let message = other.to_string();
-                    if let Ok(Some(receipt)) = self
-                        .find_receipt::<A>(&dedupe_key, aggregate_id, command_id)
-                        .await
-                    {
-                        return Ok(receipt);
+                Err(AppendError::Unknown(message)) => {
+                    // The append may or may not have committed (a lost acknowledgement looks
+                    // the same as a refused write). It was one statement, so any one of its
+                    // commands' receipts tells for all of them.
+                    let first = batch
+                        .iter()
+                        .zip(&decisions)
+                        .find(|(_, decision)| matches!(decision, Ok(events) if !events.is_empty()))
+                        .map(|(pending, _)| pending);
+                    let committed = match first {
+                        Some(p) => matches!(
+                            self.find_receipt::<A>(&p.dedupe_key, aggregate_id, p.command_id)
+                                .await,
+                            Ok(Some(_))
+                        ),
+                        None => false,
+                    };
+                    if committed {
+                        self.count_append(&events, &decisions);
+                        answer_all(aggregate_id, batch, decisions, events);
+                    } else {
+                        for pending in batch {
+                            pending.answer(Err(CommandError::Store(message.clone())));
+                        }
                     }
-                    return Err(CommandError::Store(message));
+                    return;
                 }
             }
         }
-        Err(CommandError::Conflict {
-            aggregate: A::TYPE,
-            attempts: self.settings.max_attempts,
-        })
+        for pending in batch {
+            pending.answer(Err(CommandError::Conflict {
+                aggregate: A::TYPE,
+                attempts: self.settings.max_attempts,
+            }));
+        }
+    }
+
+    /// Answers the keyed commands whose receipt exists (or whose key was used elsewhere);
+    /// gives back the rest, in order.
+    async fn answer_repeats<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        batch: Vec<Pending<A>>,
+    ) -> Vec<Pending<A>> {
+        let mut waiting = Vec::with_capacity(batch.len());
+        for pending in batch {
+            if pending.keyed {
+                match self
+                    .find_receipt::<A>(&pending.dedupe_key, aggregate_id, pending.command_id)
+                    .await
+                {
+                    Ok(None) => {}
+                    Ok(Some(receipt)) => {
+                        pending.answer(Ok(receipt));
+                        continue;
+                    }
+                    Err(error) => {
+                        pending.answer(Err(error));
+                        continue;
+                    }
+                }
+            }
+            waiting.push(pending);
+        }
+        waiting
+    }
+
+    /// Lets the aggregate decide each command on the state the previous ones left; a refused
+    /// command leaves the state as it was. Gives each command's decision and the final state.
+    async fn decide<A: BusAggregate>(
+        &self,
+        loaded: &Loaded<A>,
+        batch: &[Pending<A>],
+    ) -> (Vec<Decision<A>>, A) {
+        let mut state = loaded.aggregate.clone();
+        let mut decisions = Vec::with_capacity(batch.len());
+        for pending in batch {
+            // The sink applies each event to the aggregate it is handed: deciding on a copy
+            // keeps the state clean when the command is refused half-way.
+            let mut deciding = state.clone();
+            let sink = cqrs_es::event_sink::EventSink::<A>::default();
+            let decided = deciding
+                .handle(pending.command.clone(), &self.services, &sink)
+                .instrument(tracing::debug_span!("command.decide"))
+                .await;
+            match decided {
+                Ok(()) => {
+                    decisions.push(Ok(sink.collect().await));
+                    state = deciding;
+                }
+                Err(error) => decisions.push(Err(error)),
+            }
+        }
+        (decisions, state)
+    }
+
+    fn count_append<A: Aggregate>(&self, events: &[EventEnvelope<A>], decisions: &[Decision<A>]) {
+        if events.is_empty() {
+            return;
+        }
+        let commands = decisions
+            .iter()
+            .filter(|d| matches!(d, Ok(events) if !events.is_empty()))
+            .count();
+        self.counters.appends.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .appended_commands
+            .fetch_add(commands as u64, Ordering::Relaxed);
     }
 
     async fn find_receipt<A>(
@@ -369,6 +574,90 @@ impl CommandBus {
             events,
             replayed: !ours,
         }))
+    }
+}
+
+/// The one task serving a stream's queue: it takes batches until the queue is empty.
+struct StreamWorker<A: Aggregate + 'static> {
+    bus: CommandBus,
+    stream: String,
+    /// Set once the queue was found empty (and the stream forgotten in the same step).
+    finished: bool,
+    aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: BusAggregate> StreamWorker<A> {
+    async fn run(mut self) {
+        loop {
+            // Two commands with one idempotency key never share a batch: the receipt trigger
+            // would file the second as part of the first.
+            let mut keys = HashSet::new();
+            let batch = self.bus.queues.next_batch::<Pending<A>>(
+                &self.stream,
+                self.bus.settings.max_batch,
+                |p| !p.keyed || keys.insert(p.dedupe_key.clone()),
+            );
+            if batch.is_empty() {
+                self.finished = true;
+                return;
+            }
+            self.bus.run_batch(&self.stream, batch).await;
+        }
+    }
+}
+
+impl<A: Aggregate + 'static> Drop for StreamWorker<A> {
+    fn drop(&mut self) {
+        // Stopped with commands still queued (a panic in a decision, the runtime shutting
+        // down): their callers are told, and the next command starts a new worker.
+        if !self.finished {
+            self.bus.queues.abandon::<Pending<A>>(&self.stream);
+        }
+    }
+}
+
+/// Each decided event as the store will hold it: its sequence after `after`, and its own
+/// command's metadata.
+fn envelopes<A: Aggregate>(
+    aggregate_id: &str,
+    after: usize,
+    batch: &[Pending<A>],
+    decisions: &[Decision<A>],
+) -> Vec<EventEnvelope<A>> {
+    let mut sequence = after;
+    let mut all = Vec::new();
+    for (pending, decision) in batch.iter().zip(decisions) {
+        for event in decision.iter().flatten() {
+            sequence += 1;
+            all.push(EventEnvelope {
+                aggregate_id: aggregate_id.to_string(),
+                sequence,
+                payload: event.clone(),
+                metadata: pending.metadata.clone(),
+            });
+        }
+    }
+    all
+}
+
+/// Sends each caller its own part of a stored batch: its events, or its refusal.
+fn answer_all<A: Aggregate>(
+    aggregate_id: &str,
+    batch: Vec<Pending<A>>,
+    decisions: Vec<Decision<A>>,
+    events: Vec<EventEnvelope<A>>,
+) {
+    let mut events = events.into_iter();
+    for (pending, decision) in batch.into_iter().zip(decisions) {
+        let answer = match decision {
+            Ok(decided) => Ok(CommandReceipt {
+                aggregate_id: aggregate_id.to_string(),
+                events: events.by_ref().take(decided.len()).collect(),
+                replayed: false,
+            }),
+            Err(error) => Err(CommandError::Rejected(error)),
+        };
+        pending.answer(answer);
     }
 }
 

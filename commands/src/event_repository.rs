@@ -1,48 +1,40 @@
-//! postgres-es's repository with its two hot paths made one round trip each.
-//!
-//! Every command loads its aggregate and appends what it decided. Profiling the command path
-//! showed postgres-es spending round trips where one does:
+//! The event store's two hot paths, one round trip each: loading an aggregate, and appending
+//! what a batch of commands decided.
 //!
 //! - **Load** is two queries in cqrs-es (the snapshot, then the events after it), the second
 //!   with the snapshot's sequence *formatted into the SQL text*, so each distinct sequence is a
 //!   new statement: sqlx parses and describes it (another round trip), and the per-connection
 //!   statement cache churns. Here [`EventRepository::load`] reads the snapshot and the events
 //!   after it in one prepared statement and folds them as cqrs-es would.
-//! - **Append** opens a transaction, inserts the events one statement at a time and commits:
-//!   2 + n round trips. Here the events go in as one `INSERT … SELECT FROM unnest(…)`, a single
-//!   statement and therefore its own transaction — atomic, one round trip, the same rows, the
-//!   same triggers (receipts, NOTIFY) and the same unique key doing optimistic concurrency.
-//!
-//! - **Snapshots** (every `snapshot_every` events) are written by the same statement as the
-//!   events, as an upsert. The events' unique key already decides who wins a race, so the
-//!   snapshot needs no optimistic check of its own; it only never moves backwards. An upsert
-//!   also replaces a snapshot that no longer deserializes (the aggregate's shape changed):
-//!   cqrs-es then replays the stream and writes snapshot number 1 again, which postgres-es's
-//!   plain INSERT would refuse as a conflict on every later attempt. And the snapshot is
-//!   filed at the last event it *folds*: cqrs-es folds only up to the last multiple of
-//!   `snapshot_every` inside a commit, while postgres-es files it at the commit's last event,
-//!   so a later load skipped the events in between (a multi-event command crossing a
-//!   snapshot boundary lost its tail from the aggregate's state).
-//!
+//! - **Append** in postgres-es opens a transaction, inserts the events one statement at a time
+//!   and commits: 2 + n round trips. Here [`EventRepository::append`] sends the events of a
+//!   whole batch of commands as one `INSERT … SELECT FROM unnest(…)`, a single statement and
+//!   therefore its own transaction — atomic, one round trip, one WAL flush, the same rows, the
+//!   same triggers (a receipt per command, NOTIFY) and the same unique key doing optimistic
+//!   concurrency.
+//! - **Snapshots** (when a batch's events pass a multiple of `snapshot_every`) are the
+//!   aggregate as the batch left it, filed at the batch's last event and written by the same
+//!   statement as the events, as an upsert. The events' unique key already decides who wins a
+//!   race, so the snapshot needs no optimistic check of its own; it only never moves
+//!   backwards. An upsert also replaces a snapshot that no longer deserializes (the
+//!   aggregate's shape changed), which a plain INSERT would refuse on every later attempt.
 //! - **Hot aggregates** skip the load: [`EventRepository::load_for_command`] starts from the
 //!   aggregate as this repository's last successful append left it
 //!   ([`crate::aggregate_cache`]), and the append's optimistic check keeps that correct; a
 //!   refused (or unknown) append evicts it, so the bus's retry reads the database.
 //!
-//! Reading snapshots and replay streams is postgres-es's own code, delegated unchanged. The
+//! Replaying a whole stream (when a snapshot no longer reads) is postgres-es's own code. The
 //! table layout is postgres-es's too (`migrations/…_event_store.sql`).
 //!
 //! The spans `command.load` and `command.append` are the command path's stages as the
-//! bench's profile (`teachin bench stages`) reports them.
+//! bench's profile (`teachin bench system --stages`) reports them.
 
-use crate::aggregate_cache::{AggregateCache, Cached};
-use cqrs_es::persist::EventStoreAggregateContext;
+use crate::aggregate_cache::{serialized_size, AggregateCache, Cached};
 use cqrs_es::persist::{
-    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+    EventStoreAggregateContext, PersistedEventRepository, PersistenceError, SerializedEvent,
 };
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope};
 use postgres_es::PostgresEventRepository;
-use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use tracing::Instrument;
@@ -91,7 +83,7 @@ ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
 #[derive(Clone)]
 pub struct EventRepository {
     pool: PgPool,
-    /// The store's snapshot interval, to know how far a snapshot folds (see the module).
+    /// A snapshot is written when an append passes a multiple of this.
     snapshot_every: usize,
     /// Shared: building one formats its SQL, which a per-command clone need not repeat.
     postgres_es: Arc<PostgresEventRepository>,
@@ -99,13 +91,36 @@ pub struct EventRepository {
     cache: AggregateCache,
 }
 
+/// Where a command's aggregate came from, and the stream position its append builds on.
+#[derive(Debug)]
+pub struct Loaded<A> {
+    pub aggregate: A,
+    /// The stream's last event folded into `aggregate` (0: a new stream).
+    pub sequence: usize,
+    /// The number of the stream's latest snapshot.
+    pub snapshot: Option<usize>,
+    /// From this repository's cache rather than the database.
+    pub cached: bool,
+}
+
+/// Why an append did not go through.
+#[derive(Debug)]
+pub enum AppendError {
+    /// Someone appended to the stream first (the events' key), or one of the commands was
+    /// already applied (the receipt trigger): nothing of this append was stored.
+    Conflict,
+    /// The store failed; the append may or may not have committed.
+    Unknown(String),
+}
+
 impl EventRepository {
-    pub fn new(pool: PgPool, snapshot_every: usize) -> Self {
+    /// `cache_bytes`: room for hot aggregates; 0 turns the cache off.
+    pub fn new(pool: PgPool, snapshot_every: usize, cache_bytes: usize) -> Self {
         Self {
             postgres_es: Arc::new(PostgresEventRepository::new(pool.clone())),
             pool,
             snapshot_every: snapshot_every.max(1),
-            cache: AggregateCache::default(),
+            cache: AggregateCache::with_capacity_bytes(cache_bytes),
         }
     }
 
@@ -115,18 +130,18 @@ impl EventRepository {
     pub async fn load_for_command<A>(
         &self,
         aggregate_id: &str,
-    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>>
+    ) -> Result<Loaded<A>, AggregateError<A::Error>>
     where
         A: Aggregate + Clone + 'static,
     {
         let span = tracing::debug_span!("command.load", cache = tracing::field::Empty);
         if let Some(cached) = span.in_scope(|| self.cache.get::<A>(aggregate_id)) {
             span.record("cache", "hit");
-            return Ok(EventStoreAggregateContext {
-                aggregate_id: aggregate_id.to_string(),
+            return Ok(Loaded {
                 aggregate: cached.aggregate,
-                current_sequence: cached.sequence,
-                current_snapshot: cached.snapshot,
+                sequence: cached.sequence,
+                snapshot: cached.snapshot,
+                cached: true,
             });
         }
         span.record("cache", "miss");
@@ -141,7 +156,18 @@ impl EventRepository {
                 },
             );
         }
-        Ok(context)
+        Ok(Loaded {
+            aggregate: context.aggregate,
+            sequence: context.current_sequence,
+            snapshot: context.current_snapshot,
+            cached: false,
+        })
+    }
+
+    /// Forgets the cached aggregate of a stream (a decision on it is to be checked against
+    /// the database).
+    pub fn forget<A: Aggregate>(&self, aggregate_id: &str) {
+        self.cache.evict(A::TYPE, aggregate_id);
     }
 
     /// An aggregate as cqrs-es's snapshot store loads it — the snapshot, then the events after
@@ -195,33 +221,86 @@ impl EventRepository {
         Ok(context)
     }
 
-    /// One statement: the events, and the snapshot when one is due.
-    async fn append<A: Aggregate>(
+    /// Appends `events` — every event a batch of commands decided, their sequences following
+    /// `from.sequence` — in one statement, with a snapshot of `state` (the aggregate after
+    /// them) when they pass a multiple of the snapshot interval. On success the cache moves on
+    /// to `state`; on any failure it forgets the stream.
+    pub async fn append<A>(
         &self,
-        events: &[SerializedEvent],
-        snapshot: Option<(Value, usize)>,
-    ) -> Result<(), sqlx::Error> {
-        let Some(first) = events.first() else {
+        from: &Loaded<A>,
+        events: &[EventEnvelope<A>],
+        state: A,
+    ) -> Result<(), AppendError>
+    where
+        A: Aggregate + 'static,
+    {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
         };
+        let aggregate_id = first.aggregate_id.as_str();
+        let snapshot = (last.sequence / self.snapshot_every > from.sequence / self.snapshot_every)
+            .then(|| from.snapshot.map_or(1, |number| number + 1));
+        let appended = self
+            .insert(
+                aggregate_id,
+                events,
+                snapshot.map(|number| (&state, number)),
+            )
+            .instrument(tracing::debug_span!("command.append"))
+            .await;
+        match appended {
+            Ok(added_bytes) => {
+                self.cache.advance(
+                    aggregate_id,
+                    from.sequence,
+                    Cached {
+                        aggregate: state,
+                        sequence: last.sequence,
+                        snapshot,
+                    },
+                    added_bytes,
+                );
+                Ok(())
+            }
+            Err(error) => {
+                // Refused (someone appended first) or unknown (it may have committed): either
+                // way the cached state may be behind the stream.
+                self.cache.evict(A::TYPE, aggregate_id);
+                Err(error)
+            }
+        }
+    }
+
+    /// The one statement; answers the events' serialized size.
+    async fn insert<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        events: &[EventEnvelope<A>],
+        snapshot: Option<(&A, usize)>,
+    ) -> Result<usize, AppendError> {
+        let unwritable = |e: PersistenceError| AppendError::Unknown(e.to_string());
         let mut sequences = Vec::with_capacity(events.len());
         let mut types = Vec::with_capacity(events.len());
         let mut versions = Vec::with_capacity(events.len());
         let mut payloads = Vec::with_capacity(events.len());
         let mut metadata = Vec::with_capacity(events.len());
+        let mut bytes = 0;
         for event in events {
+            let event = SerializedEvent::try_from(event).map_err(unwritable)?;
+            bytes += serialized_size(&event.payload);
             sequences.push(event.sequence as i64);
-            types.push(event.event_type.as_str());
-            versions.push(event.event_version.as_str());
-            payloads.push(&event.payload);
-            metadata.push(&event.metadata);
+            types.push(event.event_type);
+            versions.push(event.event_version);
+            payloads.push(event.payload);
+            metadata.push(event.metadata);
         }
+        let last_sequence = sequences.last().copied().unwrap_or_default();
         let query = sqlx::query(match snapshot {
             None => APPEND,
             Some(_) => APPEND_WITH_SNAPSHOT,
         })
         .bind(A::TYPE)
-        .bind(first.aggregate_id.as_str())
+        .bind(aggregate_id)
         .bind(sequences)
         .bind(types)
         .bind(versions)
@@ -230,12 +309,9 @@ impl EventRepository {
         let query = match snapshot {
             None => query,
             Some((state, number)) => {
-                let previous = first.sequence - 1;
-                let folded = folded(self.snapshot_every, previous, events.len());
-                query
-                    .bind((previous + folded) as i64)
-                    .bind(number as i64)
-                    .bind(state)
+                let state = serde_json::to_value(state)
+                    .map_err(|e| unwritable(PersistenceError::from(e)))?;
+                query.bind(last_sequence).bind(number as i64).bind(state)
             }
         };
         // Checked out here rather than by `execute`, so the profile sees the checkout apart.
@@ -243,9 +319,15 @@ impl EventRepository {
             .pool
             .acquire()
             .instrument(tracing::debug_span!("pool.checkout"))
-            .await?;
-        query.execute(&mut *connection).await?;
-        Ok(())
+            .await
+            .map_err(|e| AppendError::Unknown(e.to_string()))?;
+        match query.execute(&mut *connection).await {
+            Ok(_) => Ok(bytes),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+                Err(AppendError::Conflict)
+            }
+            Err(error) => Err(AppendError::Unknown(error.to_string())),
+        }
     }
 }
 
@@ -265,16 +347,6 @@ fn apply_all<A: Aggregate>(
     Ok(())
 }
 
-/// How many of a commit's `count` events, appended after `previous`, cqrs-es folds into the
-/// snapshot it hands over: up to the last multiple of the interval they reach
-/// (`SourceOfTruth::commit_snapshot_with_addl_events`).
-fn folded(snapshot_every: usize, previous: usize, count: usize) -> usize {
-    let reached = previous + count;
-    (reached - reached % snapshot_every)
-        .saturating_sub(previous)
-        .min(count)
-}
-
 /// postgres-es's reading of database errors: a unique violation (the event key, or the
 /// receipt trigger's "already applied") is the optimistic-concurrency conflict.
 fn persistence_error(error: sqlx::Error) -> PersistenceError {
@@ -286,90 +358,5 @@ fn persistence_error(error: sqlx::Error) -> PersistenceError {
             PersistenceError::ConnectionError(Box::new(error))
         }
         _ => PersistenceError::UnknownError(Box::new(error)),
-    }
-}
-
-impl PersistedEventRepository for EventRepository {
-    async fn get_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.postgres_es.get_events::<A>(aggregate_id).await
-    }
-
-    async fn get_last_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-        last_sequence: usize,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        // Not on our path (`load` reads the snapshot and these events in one query); kept for
-        // the trait, as postgres-es has it.
-        self.postgres_es
-            .get_last_events::<A>(aggregate_id, last_sequence)
-            .await
-    }
-
-    async fn get_snapshot<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        self.postgres_es.get_snapshot::<A>(aggregate_id).await
-    }
-
-    async fn persist<A: Aggregate>(
-        &self,
-        events: &[SerializedEvent],
-        snapshot_update: Option<(String, Value, usize)>,
-    ) -> Result<(), PersistenceError> {
-        let snapshot = snapshot_update.map(|(_, state, number)| (state, number));
-        let number = snapshot.as_ref().map(|(_, number)| *number);
-        let appended = self
-            .append::<A>(events, snapshot)
-            .instrument(tracing::debug_span!("command.append"))
-            .await;
-        match appended {
-            Ok(()) => {
-                self.cache.appended(A::TYPE, events, number);
-                Ok(())
-            }
-            Err(error) => {
-                // Refused (someone appended first) or unknown (it may have committed): either
-                // way the cached state may be behind the stream.
-                if let Some(first) = events.first() {
-                    self.cache.evict(A::TYPE, &first.aggregate_id);
-                }
-                Err(persistence_error(error))
-            }
-        }
-    }
-
-    async fn stream_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<ReplayStream, PersistenceError> {
-        self.postgres_es.stream_events::<A>(aggregate_id).await
-    }
-
-    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        self.postgres_es.stream_all_events::<A>().await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// cqrs-es's own `test_source_of_truth` cases (interval, previous, count → folded), and
-    /// the ones that stop short of the commit's last event.
-    #[test]
-    fn a_snapshot_folds_up_to_the_last_interval_its_commit_reaches() {
-        assert_eq!(folded(5, 5, 3), 0);
-        assert_eq!(folded(4, 5, 3), 3);
-        assert_eq!(folded(4, 5, 4), 3);
-        assert_eq!(folded(4, 5, 8), 7);
-        assert_eq!(folded(3, 5, 3), 1); // stops at 6: 7 and 8 come after it
-        assert_eq!(folded(2, 5, 2), 1); // stops at 6: 7 is not folded
-        assert_eq!(folded(100, 99, 2), 1);
-        assert_eq!(folded(100, 0, 250), 200);
     }
 }

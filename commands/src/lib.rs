@@ -16,13 +16,14 @@ pub mod event_repository;
 pub mod migrations;
 pub mod pool;
 pub mod ports;
-pub mod stream_locks;
+pub mod stream_queues;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "workload")]
 pub mod workload;
 
 pub use bus::{
-    AggregateReader, BusSettings, CommandBus, CommandContext, CommandError, CommandReceipt,
+    AggregateReader, BusAggregate, BusSettings, BusStats, CommandBus, CommandContext, CommandError,
+    CommandReceipt,
 };
 pub use ports::{command_bus, PortSecrets};

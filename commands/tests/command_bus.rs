@@ -472,9 +472,9 @@ async fn snapshots_hold_each_event_once() {
     assert_eq!(state.attempts().len(), 5);
 }
 
-/// A command whose events cross a snapshot boundary: cqrs-es folds the snapshot only up to
-/// the boundary, so it must be filed there — filed at the command's last event (postgres-es),
-/// a load skipped the events after the boundary.
+/// A command whose events cross a snapshot boundary: the snapshot is the aggregate after all
+/// of them, filed at the last (postgres-es filed cqrs-es's snapshot, which folds only up to the
+/// boundary, at the command's last event, so a load skipped the events after the boundary).
 #[tokio::test]
 async fn a_snapshot_inside_a_command_keeps_the_events_after_it() {
     let db = TestDatabase::new().await;
@@ -488,7 +488,7 @@ async fn a_snapshot_inside_a_command_keeps_the_events_after_it() {
     let student = UserId::new();
     let context = student_context(student);
     // 1: progress + first unlock (1, 2); 2: progress (3); 3: progress + unlock at 3 (4, 5),
-    // whose snapshot folds only event 4.
+    // which pass the boundary at 4.
     for _ in 0..3 {
         bus.execute::<AchievementProgress>(&student.to_string(), track(1), &context)
             .await
@@ -501,7 +501,7 @@ async fn a_snapshot_inside_a_command_keeps_the_events_after_it() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(last_sequence, 4, "filed at the last event it folds");
+    assert_eq!(last_sequence, 5, "filed at the last event it folds");
     let state: AchievementProgress = bus.reader().load(&student.to_string()).await.unwrap();
     assert_eq!(state.count(Feature::WordCards), 3);
     assert!(
@@ -520,6 +520,7 @@ async fn an_unreadable_snapshot_is_replaced_on_the_next_snapshot() {
         BusSettings {
             snapshot_every: 2,
             max_attempts: 1,
+            ..BusSettings::default()
         },
     );
     let student = UserId::new();

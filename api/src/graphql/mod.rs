@@ -268,8 +268,7 @@ pub(crate) async fn execute<A>(
     idempotency_key: Option<&str>,
 ) -> ApiResult<Changed>
 where
-    A: cqrs_es::Aggregate<Services = teachin_domain::services::DomainServices> + Clone + 'static,
-    A::Command: Clone + serde::Serialize,
+    A: teachin_commands::bus::BusAggregate,
     A::Error: teachin_domain::error::DomainError,
 {
     let context = command_context(ctx, caller, idempotency_key)?;

@@ -10,7 +10,7 @@
 //! `request` (tower-http, the whole HTTP exchange inside the manager), `auth.jwt`
 //! (`api::auth::tokens`), `graphql.parse` / `graphql.validate` / `graphql.execute`
 //! (`api::parsed_documents`), `command.load` with `cache=hit|miss` and `command.append`
-//! (`commands::event_repository`), `pool.checkout` (the append's connection) and
+//! (`commands::event_repository`), `command.decide` (`commands::bus`), `pool.checkout` (the append's connection) and
 //! `pool.before_acquire` (`commands::pool`, the check of an idle connection). Three stages
 //! have no span of their own in the manager and are measured apart in this process, with the
 //! same code against the same servers: the revocation-epoch `GET` in Redis, sealing a text
@@ -34,13 +34,14 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 /// The spans the profile reports, in the order of the table.
-pub const STAGES: [&str; 9] = [
+pub const STAGES: [&str; 10] = [
     "request",
     "auth.jwt",
     "graphql.parse",
     "graphql.validate",
     "graphql.execute",
     "command.load",
+    "command.decide",
     "pool.checkout",
     "pool.before_acquire",
     "command.append",
@@ -210,6 +211,7 @@ fn note(stage: &str) -> &'static str {
         "graphql.validate" => "rules, depth, complexity",
         "graphql.execute" => "resolver: load, decide, seal, append",
         s if s.starts_with("command.load") => "the aggregate, cached or from the database",
+        "command.decide" => "the aggregate's rules, sealing included",
         "pool.checkout" => "the append's connection (check included)",
         "pool.before_acquire" => "the not-in-a-transaction check, one round trip",
         "command.append" => "one statement, commit included (checkout included)",
