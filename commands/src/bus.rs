@@ -20,7 +20,8 @@
 //! - **Idempotency**: a trigger records a receipt for every command in the same statement as
 //!   its events (migration `event_store`). A command repeated with the same idempotency key
 //!   finds the receipt and gets the first result back, appending nothing; an append whose
-//!   outcome was lost is settled by looking its receipts up. Two commands with one key never
+//!   outcome was lost is settled by looking its receipts up, and retried when they are not
+//!   there (every later try looks them up first, so a late commit is found, never repeated). Two commands with one key never
 //!   share a batch (the trigger would file them as one).
 
 use crate::aggregate_cache::DEFAULT_CAPACITY_MIB;
@@ -265,6 +266,9 @@ impl<A: Aggregate> Pending<A> {
 /// What one command of a batch decided.
 type Decision<A> = Result<Vec<<A as Aggregate>::Event>, <A as Aggregate>::Error>;
 
+/// A decision once its events are in the batch's envelopes: how many are its own.
+type Verdict<A> = Result<usize, <A as Aggregate>::Error>;
+
 impl CommandBus {
     pub fn new(pool: PgPool, services: DomainServices, settings: BusSettings) -> Self {
         Self {
@@ -349,13 +353,19 @@ impl CommandBus {
         let mut batch: Vec<Pending<A>> =
             batch.into_iter().filter(|p| !p.reply.is_closed()).collect();
         let mut checked_refusals = false;
+        // Set once an append's outcome was lost and it did not seem to have committed: a
+        // statement the server was still running might commit later, so from then on every
+        // command of the batch looks for its receipt before it is decided again.
+        let mut uncertain: Option<String> = None;
         let mut attempt = 0;
         while attempt < self.settings.max_attempts {
             attempt += 1;
-            // A repeat of a command that already committed (same idempotency key, here or on
-            // another replica) answers with the first receipt.
-            if batch.iter().any(|p| p.keyed) {
-                batch = self.answer_repeats(aggregate_id, batch).await;
+            // A command that already committed answers with its receipt: a repeat of a keyed
+            // command (here or on another replica), or after a lost outcome, this batch's own.
+            if uncertain.is_some() || batch.iter().any(|p| p.keyed) {
+                batch = self
+                    .answer_committed(aggregate_id, batch, uncertain.is_some())
+                    .await;
             }
             if batch.is_empty() {
                 return;
@@ -376,7 +386,7 @@ impl CommandBus {
                 }
             };
             let (decisions, state) = self.decide(&loaded, &batch).await;
-            let events = envelopes(aggregate_id, loaded.sequence, &batch, &decisions);
+            let (verdicts, events) = envelopes(aggregate_id, loaded.sequence, &batch, decisions);
             if events.is_empty() && loaded.cached && !checked_refusals {
                 // Nothing to append, so no sequence check proves the cached state current: a
                 // refusal (or a no-op) is only given on state read from the database.
@@ -388,8 +398,8 @@ impl CommandBus {
             let stored = self.reader.repository.append(&loaded, &events, state).await;
             match stored {
                 Ok(()) => {
-                    self.count_append(&events, &decisions);
-                    answer_all(aggregate_id, batch, decisions, events);
+                    self.count_append::<A>(&verdicts);
+                    answer_all(aggregate_id, batch, verdicts, events);
                     return;
                 }
                 Err(AppendError::Conflict) => {
@@ -412,8 +422,8 @@ impl CommandBus {
                     // commands' receipts tells for all of them.
                     let first = batch
                         .iter()
-                        .zip(&decisions)
-                        .find(|(_, decision)| matches!(decision, Ok(events) if !events.is_empty()))
+                        .zip(&verdicts)
+                        .find(|(_, verdict)| matches!(verdict, Ok(count) if *count > 0))
                         .map(|(pending, _)| pending);
                     let committed = match first {
                         Some(p) => matches!(
@@ -424,16 +434,24 @@ impl CommandBus {
                         None => false,
                     };
                     if committed {
-                        self.count_append(&events, &decisions);
-                        answer_all(aggregate_id, batch, decisions, events);
-                    } else {
-                        for pending in batch {
-                            pending.answer(Err(CommandError::Store(message.clone())));
-                        }
+                        self.count_append::<A>(&verdicts);
+                        answer_all(aggregate_id, batch, verdicts, events);
+                        return;
                     }
-                    return;
+                    // Not stored, as far as can be seen (a pooled connection that died while
+                    // idle fails this way): decided and appended again.
+                    tracing::debug!(aggregate = A::TYPE, aggregate_id, attempt, %message, "append outcome unknown, retrying");
+                    uncertain = Some(message);
+                    backoff(attempt).await;
                 }
             }
+        }
+        if let Some(message) = uncertain {
+            // The last append's outcome is still open: the receipts settle what they can.
+            for pending in self.answer_committed(aggregate_id, batch, true).await {
+                pending.answer(Err(CommandError::Store(message.clone())));
+            }
+            return;
         }
         for pending in batch {
             pending.answer(Err(CommandError::Conflict {
@@ -443,16 +461,17 @@ impl CommandBus {
         }
     }
 
-    /// Answers the keyed commands whose receipt exists (or whose key was used elsewhere);
-    /// gives back the rest, in order.
-    async fn answer_repeats<A: Aggregate>(
+    /// Answers the commands whose receipt exists (or whose key was used elsewhere) — the
+    /// keyed ones, or `all` — and gives back the rest, in order.
+    async fn answer_committed<A: Aggregate>(
         &self,
         aggregate_id: &str,
         batch: Vec<Pending<A>>,
+        all: bool,
     ) -> Vec<Pending<A>> {
         let mut waiting = Vec::with_capacity(batch.len());
         for pending in batch {
-            if pending.keyed {
+            if all || pending.keyed {
                 match self
                     .find_receipt::<A>(&pending.dedupe_key, aggregate_id, pending.command_id)
                     .await
@@ -475,45 +494,52 @@ impl CommandBus {
 
     /// Lets the aggregate decide each command on the state the previous ones left; a refused
     /// command leaves the state as it was. Gives each command's decision and the final state.
+    ///
+    /// Decided in place: a handler changes its aggregate only by writing events to the sink
+    /// (cqrs-es's contract, and what makes state a fold of events), so a command refused
+    /// before it wrote any left the state untouched. One refused after writing some (rare)
+    /// had them applied, and the state is folded again from the loaded aggregate.
     async fn decide<A: BusAggregate>(
         &self,
         loaded: &Loaded<A>,
         batch: &[Pending<A>],
     ) -> (Vec<Decision<A>>, A) {
         let mut state = loaded.aggregate.clone();
-        let mut decisions = Vec::with_capacity(batch.len());
+        let mut decisions: Vec<Decision<A>> = Vec::with_capacity(batch.len());
         for pending in batch {
-            // The sink applies each event to the aggregate it is handed: deciding on a copy
-            // keeps the state clean when the command is refused half-way.
-            let mut deciding = state.clone();
             let sink = cqrs_es::event_sink::EventSink::<A>::default();
-            let decided = deciding
+            let decided = state
                 .handle(pending.command.clone(), &self.services, &sink)
                 .instrument(tracing::debug_span!("command.decide"))
                 .await;
+            let written = sink.collect().await;
             match decided {
-                Ok(()) => {
-                    decisions.push(Ok(sink.collect().await));
-                    state = deciding;
+                Ok(()) => decisions.push(Ok(written)),
+                Err(error) => {
+                    if !written.is_empty() {
+                        state = loaded.aggregate.clone();
+                        for event in decisions.iter().flatten().flatten() {
+                            state.apply(event.clone());
+                        }
+                    }
+                    decisions.push(Err(error));
                 }
-                Err(error) => decisions.push(Err(error)),
             }
         }
         (decisions, state)
     }
 
-    fn count_append<A: Aggregate>(&self, events: &[EventEnvelope<A>], decisions: &[Decision<A>]) {
-        if events.is_empty() {
-            return;
-        }
-        let commands = decisions
+    fn count_append<A: Aggregate>(&self, verdicts: &[Verdict<A>]) {
+        let commands = verdicts
             .iter()
-            .filter(|d| matches!(d, Ok(events) if !events.is_empty()))
+            .filter(|verdict| matches!(verdict, Ok(count) if *count > 0))
             .count();
-        self.counters.appends.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .appended_commands
-            .fetch_add(commands as u64, Ordering::Relaxed);
+        if commands > 0 {
+            self.counters.appends.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .appended_commands
+                .fetch_add(commands as u64, Ordering::Relaxed);
+        }
     }
 
     async fn find_receipt<A>(
@@ -617,42 +643,48 @@ impl<A: Aggregate + 'static> Drop for StreamWorker<A> {
 }
 
 /// Each decided event as the store will hold it: its sequence after `after`, and its own
-/// command's metadata.
+/// command's metadata. Gives each command's verdict: how many of the events are its own, or
+/// its refusal.
 fn envelopes<A: Aggregate>(
     aggregate_id: &str,
     after: usize,
     batch: &[Pending<A>],
-    decisions: &[Decision<A>],
-) -> Vec<EventEnvelope<A>> {
+    decisions: Vec<Decision<A>>,
+) -> (Vec<Verdict<A>>, Vec<EventEnvelope<A>>) {
     let mut sequence = after;
     let mut all = Vec::new();
+    let mut verdicts = Vec::with_capacity(decisions.len());
     for (pending, decision) in batch.iter().zip(decisions) {
-        for event in decision.iter().flatten() {
-            sequence += 1;
-            all.push(EventEnvelope {
-                aggregate_id: aggregate_id.to_string(),
-                sequence,
-                payload: event.clone(),
-                metadata: pending.metadata.clone(),
-            });
-        }
+        verdicts.push(decision.map(|events| {
+            let count = events.len();
+            for payload in events {
+                sequence += 1;
+                all.push(EventEnvelope {
+                    aggregate_id: aggregate_id.to_string(),
+                    sequence,
+                    payload,
+                    metadata: pending.metadata.clone(),
+                });
+            }
+            count
+        }));
     }
-    all
+    (verdicts, all)
 }
 
 /// Sends each caller its own part of a stored batch: its events, or its refusal.
 fn answer_all<A: Aggregate>(
     aggregate_id: &str,
     batch: Vec<Pending<A>>,
-    decisions: Vec<Decision<A>>,
+    verdicts: Vec<Verdict<A>>,
     events: Vec<EventEnvelope<A>>,
 ) {
     let mut events = events.into_iter();
-    for (pending, decision) in batch.into_iter().zip(decisions) {
-        let answer = match decision {
-            Ok(decided) => Ok(CommandReceipt {
+    for (pending, verdict) in batch.into_iter().zip(verdicts) {
+        let answer = match verdict {
+            Ok(count) => Ok(CommandReceipt {
                 aggregate_id: aggregate_id.to_string(),
-                events: events.by_ref().take(decided.len()).collect(),
+                events: events.by_ref().take(count).collect(),
                 replayed: false,
             }),
             Err(error) => Err(CommandError::Rejected(error)),

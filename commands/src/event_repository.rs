@@ -83,6 +83,9 @@ ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
 #[derive(Clone)]
 pub struct EventRepository {
     pool: PgPool,
+    /// The appends' own connections: single statements only, so checked out without the
+    /// not-in-a-transaction check (`crate::pool::for_single_statements`).
+    appends: PgPool,
     /// A snapshot is written when an append passes a multiple of this.
     snapshot_every: usize,
     /// Shared: building one formats its SQL, which a per-command clone need not repeat.
@@ -118,6 +121,7 @@ impl EventRepository {
     pub fn new(pool: PgPool, snapshot_every: usize, cache_bytes: usize) -> Self {
         Self {
             postgres_es: Arc::new(PostgresEventRepository::new(pool.clone())),
+            appends: crate::pool::for_single_statements(&pool),
             pool,
             snapshot_every: snapshot_every.max(1),
             cache: AggregateCache::with_capacity_bytes(cache_bytes),
@@ -316,7 +320,7 @@ impl EventRepository {
         };
         // Checked out here rather than by `execute`, so the profile sees the checkout apart.
         let mut connection = self
-            .pool
+            .appends
             .acquire()
             .instrument(tracing::debug_span!("pool.checkout"))
             .await

@@ -2,11 +2,12 @@
 //!
 //! - [`migrations`] creates the event store (postgres-es's tables, extended for the global log)
 //!   and runs under sqlx's advisory lock, so replicas starting together don't race.
-//! - [`bus`] runs a command against an aggregate through cqrs-es over postgres-es: load (from
-//!   a snapshot where there is one), decide, append — retrying optimistic-concurrency
-//!   conflicts, stamping metadata, and answering a repeated command with its first receipt.
-//! - [`event_repository`] is postgres-es's repository with loading and appending made one
-//!   round trip each, and [`aggregate_cache`] lets a command on a hot stream skip the load.
+//! - [`bus`] runs commands against aggregates: queued per stream ([`stream_queues`]), a
+//!   stream's queued commands are decided one after another and appended together — loading
+//!   once (from a snapshot where there is one), retrying optimistic-concurrency conflicts,
+//!   stamping each command's metadata, and answering a repeated command with its first receipt.
+//! - [`event_repository`] loads and appends in one round trip each, and [`aggregate_cache`]
+//!   lets a command on a hot stream skip the load.
 //! - [`pool`] builds every pool, closing a connection returned inside a transaction.
 //! - [`ports`] implements the domain's ports over Postgres and the event store.
 

@@ -1,4 +1,4 @@
-//! The one way pools are built: [`options`].
+//! The one way pools are built: [`options`], and beside a pool built so, [`for_single_statements`].
 //!
 //! sqlx 0.8 (0.8.6 is the last 0.8 release) can hand a pooled PostgreSQL connection back
 //! inside a transaction (sqlx issues 4385/4393; the fix, PR 4394, was merged on the 0.9 line):
@@ -23,10 +23,18 @@
 //! one to every checkout (measured: up to twice the time per trivial query on a busy pool).
 //!
 //! Only a connection that sat idle in the pool pays the check (`pool.before_acquire` in the
-//! bench's stage profile); a command on a cached aggregate checks out once, for its append.
+//! bench's stage profile).
+//!
+//! The command bus's append needs no check, and pays none: its connections come from a pool
+//! of their own ([`for_single_statements`]) on which nothing ever sends `BEGIN` — each use is
+//! one autocommit statement — so none can come back inside a transaction. That takes a round
+//! trip off every command. What the check also caught there, a connection that died while
+//! idle (the server restarted), fails the append instead, with its outcome unknown; the bus
+//! settles that by the commands' receipts and tries again (`crate::bus`), and sqlx closes the
+//! connection when its release ping fails.
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Executor, PgConnection, Row};
+use sqlx::{Executor, PgConnection, PgPool, Row};
 use tracing::Instrument;
 
 /// Pool options with the check; callers add sizes and timeouts.
@@ -38,6 +46,17 @@ pub fn options() -> PgPoolOptions {
                 not_in_transaction(conn).instrument(tracing::debug_span!("pool.before_acquire")),
             )
         })
+}
+
+/// A pool on `pool`'s server, of its size, for code that only ever sends single statements
+/// outside any transaction (see the module): no check before a checkout. Connects lazily, so
+/// a bus that never appends (the ports' reader) opens nothing. Needs a tokio runtime.
+pub fn for_single_statements(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(pool.options().get_max_connections())
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .test_before_acquire(false)
+        .connect_lazy_with((*pool.connect_options()).clone())
 }
 
 /// `true` when `conn` is outside any transaction block and may be handed out; an error (a

@@ -30,6 +30,8 @@ struct Seats {
 enum SeatCommand {
     Take(u32),
     Leave(u32),
+    /// Takes the first seat, then finds the second taken: refused half-way, after writing.
+    TakeTwo(u32, u32),
     /// Decides nothing: no events, no refusal.
     Look,
     /// A bug in a decision.
@@ -84,6 +86,14 @@ impl Aggregate for Seats {
             SeatCommand::Leave(seat) if !self.taken.contains(&seat) => Err(SeatError::Free(seat)),
             SeatCommand::Leave(seat) => {
                 sink.write(SeatEvent::SeatFreed(seat), self).await;
+                Ok(())
+            }
+            SeatCommand::TakeTwo(first, second) => {
+                sink.write(SeatEvent::SeatTaken(first), self).await;
+                if self.taken.contains(&second) {
+                    return Err(SeatError::Taken(second));
+                }
+                sink.write(SeatEvent::SeatTaken(second), self).await;
                 Ok(())
             }
             SeatCommand::Look => Ok(()),
@@ -236,6 +246,31 @@ async fn a_refused_command_answers_alone_and_the_rest_of_its_batch_stands() {
     assert_eq!(seats(&bus).await, BTreeSet::from([1]));
 }
 
+#[tokio::test]
+async fn a_command_refused_half_way_leaves_no_trace_for_the_commands_after_it() {
+    let db = TestDatabase::new().await;
+    let bus = bus(&db, BusSettings::default());
+    at_once(&bus, vec![SeatCommand::Take(2)]).await;
+    let answers = at_once(
+        &bus,
+        vec![
+            SeatCommand::Take(0),
+            SeatCommand::TakeTwo(1, 2), // writes "1 taken", then refuses: 2 is taken
+            SeatCommand::Take(1),       // so 1 is still free
+        ],
+    )
+    .await;
+    assert!(matches!(
+        answers[1].1,
+        Err(CommandError::Rejected(SeatError::Taken(2)))
+    ));
+    assert_eq!(
+        answers[2].1.as_ref().unwrap(),
+        &vec![SeatEvent::SeatTaken(1)]
+    );
+    assert_eq!(seats(&bus).await, BTreeSet::from([0, 1, 2]));
+}
+
 /// Two replicas: the batch was decided on a cached state another replica has moved past; the
 /// append is refused, and the whole batch is decided again on the stored state.
 #[tokio::test]
@@ -378,4 +413,34 @@ async fn a_repeated_key_never_shares_a_batch_with_its_first() {
         .await
         .unwrap();
     assert_eq!(events.len(), 2);
+}
+
+/// The appends' connections are not checked before use (one round trip less per command), so
+/// one that died while idle — the server restarted, an operator killed it — fails its append
+/// with the outcome unknown. The receipts say it was not stored, and the batch is tried again
+/// on a fresh connection: the callers never see the dead one.
+#[tokio::test]
+async fn an_append_on_a_connection_that_died_while_idle_is_settled_and_tried_again() {
+    let db = TestDatabase::new().await;
+    let bus = bus(&db, BusSettings::default());
+    at_once(&bus, vec![SeatCommand::Take(1)]).await; // the append pool now holds a connection
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the idle append connection was there to kill");
+
+    let answers = at_once(&bus, vec![SeatCommand::Take(2), SeatCommand::Take(3)]).await;
+    for (_, answer) in &answers {
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    assert_eq!(seats(&bus).await, BTreeSet::from([1, 2, 3]));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 3, "each command stored once");
 }

@@ -24,6 +24,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub const CONFLICT_RETRIES: &str = "teachin_command_conflict_retries_total";
+pub const APPENDS: &str = "teachin_command_appends_total";
+pub const APPENDED_COMMANDS: &str = "teachin_command_appended_commands_total";
 
 pub(super) const ADD_WORD_CARD: &str = "mutation Add($hebrew: String!, $english: String!) { \
     addWordCard(hebrew: $hebrew, english: $english) { id } }";
@@ -48,6 +50,9 @@ pub struct ClosedLoopPoint {
     pub errors: BTreeMap<String, usize>,
     /// The counter's increase over the point; `None` when the manager does not export it.
     pub conflict_retries: Option<f64>,
+    /// Commands stored per append over the point (how much the bus batched a hot stream);
+    /// `None` when the manager does not export the counters.
+    pub commands_per_append: Option<f64>,
     /// CPU the manager and PostgreSQL spent per 1,000 ok mutations over the point; `None`
     /// when nothing succeeded or the server's processes cannot be read (a remote server).
     pub cpu_per_1000: Option<CpuPerThousand>,
@@ -64,6 +69,7 @@ pub struct OpenLoopPoint {
     pub latency_ms: Latencies,
     pub errors: BTreeMap<String, usize>,
     pub conflict_retries: Option<f64>,
+    pub commands_per_append: Option<f64>,
     pub cpu_per_1000: Option<CpuPerThousand>,
 }
 
@@ -78,13 +84,14 @@ pub fn method(concurrencies: &[usize], seconds: u64) -> String {
     format!(
         "GraphQL `addWordCard(hebrew, english)` over HTTP/1.1 to the manager process (bearer JWT \
          minted with the manager's secret; manager pool of {} connections), through the command \
-         bus (cqrs-es/postgres-es) into `events`. Closed loop, {seconds} s per point, concurrency \
+         bus (batched per stream) into `events`. Closed loop, {seconds} s per point, concurrency \
          {concurrencies:?}: distinct = each client its own student (own deck stream), shared = \
          every client the same student (one deck stream); every point starts with students whose \
          decks are empty. Throughput = ok mutations / s; latency \
          = request sent → response read; errors by GraphQL `extensions.code`; conflict retries = \
          increase of `{CONFLICT_RETRIES}` on the manager's /metrics over the point (n/a when not \
-         exported); CPU = user + system seconds of the manager process and of every PostgreSQL \
+         exported); commands per append = the increase of `{APPENDED_COMMANDS}` over that of \
+         `{APPENDS}` (1 when every command took a commit of its own); CPU = user + system seconds of the manager process and of every PostgreSQL \
          process (with the exited backends' time the postmaster collected), from /proc/<pid>/stat \
          before and after the point, per 1,000 ok mutations. Then open loop at half the peak \
          distinct throughput for {seconds} s over fresh distinct students, latency from each \
@@ -139,11 +146,13 @@ pub async fn run(
                 }
             };
             let before = manager.counter(CONFLICT_RETRIES).await?;
+            let appends_before = appends(manager).await?;
             let cpu_before = cpu_now(manager_pid);
             let (elapsed, latencies, errors) =
                 closed_loop(manager, tokens, duration, &sequence).await?;
             let cpu_per_1000 = cpu_between(cpu_before, latencies.len(), manager_pid);
             let after = manager.counter(CONFLICT_RETRIES).await?;
+            let commands_per_append = per_append(appends_before, appends(manager).await?);
             let point = ClosedLoopPoint {
                 streams,
                 concurrency,
@@ -153,6 +162,7 @@ pub async fn run(
                 latency_ms: Latencies::of(latencies),
                 errors,
                 conflict_retries: increase(before, after),
+                commands_per_append,
                 cpu_per_1000,
             };
             println!(
@@ -219,6 +229,17 @@ fn increase(before: Option<f64>, after: Option<f64>) -> Option<f64> {
     Some(after? - before?)
 }
 
+/// The manager's appends and the commands they stored; `None` when it does not export them.
+async fn appends(manager: &Manager) -> anyhow::Result<Option<(f64, f64)>> {
+    let appends = manager.counter(APPENDS).await?;
+    Ok(appends.zip(manager.counter(APPENDED_COMMANDS).await?))
+}
+
+fn per_append(before: Option<(f64, f64)>, after: Option<(f64, f64)>) -> Option<f64> {
+    let ((appends, commands), (appends_after, commands_after)) = (before?, after?);
+    (appends_after > appends).then(|| (commands_after - commands) / (appends_after - appends))
+}
+
 /// A fresh word card for a mutation (unique text, so each is a real addition).
 fn word_card(sequence: &AtomicU64) -> serde_json::Value {
     let n = sequence.fetch_add(1, Ordering::Relaxed);
@@ -280,6 +301,7 @@ async fn open_loop(
         "no distinct throughput to take half of (every closed-loop point failed)"
     );
     let before = manager.counter(CONFLICT_RETRIES).await?;
+    let appends_before = appends(manager).await?;
     let cpu_before = cpu_now(manager_pid);
     let scheduled = (rate * duration.as_secs_f64()).round().max(1.0) as usize;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -306,6 +328,7 @@ async fn open_loop(
     let elapsed = started.elapsed();
     let cpu_per_1000 = cpu_between(cpu_before, latencies.len(), manager_pid);
     let after = manager.counter(CONFLICT_RETRIES).await?;
+    let commands_per_append = per_append(appends_before, appends(manager).await?);
     Ok(OpenLoopPoint {
         target_rate: rate,
         seconds: elapsed.as_secs_f64(),
@@ -315,6 +338,7 @@ async fn open_loop(
         latency_ms: Latencies::of(latencies),
         errors,
         conflict_retries: increase(before, after),
+        commands_per_append,
         cpu_per_1000,
     })
 }

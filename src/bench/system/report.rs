@@ -314,12 +314,12 @@ pub fn markdown(r: &Results) -> String {
         |md, c| {
             let _ = writeln!(
             md,
-            "| streams | concurrency | ok | ok/s | p50 ms | p95 ms | p99 ms | max ms | errors | conflict retries | CPU per 1,000 |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| streams | concurrency | ok | ok/s | p50 ms | p95 ms | p99 ms | max ms | errors | conflict retries | commands per append | CPU per 1,000 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
             for p in &c.points {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     match p.streams {
                         Streams::Distinct => "distinct",
                         Streams::Shared => "shared",
@@ -333,6 +333,7 @@ pub fn markdown(r: &Results) -> String {
                     ms(p.latency_ms.max),
                     errors(&p.errors),
                     retries(p.conflict_retries),
+                    per_append(p.commands_per_append),
                     super::command_path::cpu_text(p.cpu_per_1000)
                 );
             }
@@ -340,12 +341,12 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(
             md,
             "\nOpen loop at half the peak distinct throughput ({:.0}/s → {:.0}/s):\n\n\
-             | scheduled | ok | achieved/s | p50 ms | p95 ms | p99 ms | max ms | errors | conflict retries | CPU per 1,000 |\n|---|---|---|---|---|---|---|---|---|---|",
+             | scheduled | ok | achieved/s | p50 ms | p95 ms | p99 ms | max ms | errors | conflict retries | commands per append | CPU per 1,000 |\n|---|---|---|---|---|---|---|---|---|---|---|",
             c.peak_distinct_throughput, h.target_rate
         );
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 h.scheduled,
                 h.ok,
                 h.achieved_rate,
@@ -355,6 +356,7 @@ pub fn markdown(r: &Results) -> String {
                 ms(h.latency_ms.max),
                 errors(&h.errors),
                 retries(h.conflict_retries),
+                per_append(h.commands_per_append),
                 super::command_path::cpu_text(h.cpu_per_1000)
             );
         },
@@ -492,6 +494,12 @@ fn errors(by_code: &std::collections::BTreeMap<String, usize>) -> String {
         .map(|(code, n)| format!("{code} × {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn per_append(value: Option<f64>) -> String {
+    value
+        .map(|v| format!("{v:.1}"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn retries(value: Option<f64>) -> String {
