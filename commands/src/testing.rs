@@ -23,6 +23,18 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A command bus on this database, with the ports over it and a fixed test key for
+    /// uniqueness claims.
+    pub fn bus(&self, settings: crate::BusSettings) -> crate::CommandBus {
+        crate::command_bus(
+            self.pool.clone(),
+            crate::PortSecrets {
+                claims_hash_key: b"test-claims-hash-key".to_vec(),
+            },
+            settings,
+        )
+    }
+
     /// Creates and migrates a fresh database.
     pub async fn new() -> Self {
         let db = Self::empty().await;

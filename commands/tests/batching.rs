@@ -15,7 +15,6 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use teachin_commands::bus::{BusSettings, CommandBus, CommandContext, CommandError};
 use teachin_commands::testing::TestDatabase;
-use teachin_commands::{command_bus, PortSecrets};
 use teachin_domain::actor::{Actor, Role};
 use teachin_domain::ids::UserId;
 use teachin_domain::services::DomainServices;
@@ -112,13 +111,7 @@ impl Aggregate for Seats {
 const CLASS: &str = "class-7b";
 
 fn bus(db: &TestDatabase, settings: BusSettings) -> CommandBus {
-    command_bus(
-        db.pool.clone(),
-        PortSecrets {
-            claims_hash_key: b"test-claims-hash-key".to_vec(),
-        },
-        settings,
-    )
+    db.bus(settings)
 }
 
 /// Each caller its own interaction, so each event's metadata says whose command it was.

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use teachin_commands::bus::{BusSettings, CommandBus, CommandContext, CommandError};
 use teachin_commands::ports::{PostgresClaims, PostgresVault};
 use teachin_commands::testing::TestDatabase;
-use teachin_commands::{command_bus, PortSecrets};
 use teachin_domain::achievements::{AchievementCommand, AchievementProgress, Feature};
 use teachin_domain::actor::{Actor, Role};
 use teachin_domain::ids::UserId;
@@ -20,13 +19,7 @@ use teachin_domain::teaching::{TeacherStudents, TeacherStudentsCommand};
 use tokio::sync::{oneshot, Notify};
 
 fn bus(db: &TestDatabase, settings: BusSettings) -> CommandBus {
-    command_bus(
-        db.pool.clone(),
-        PortSecrets {
-            claims_hash_key: b"test-claims-hash-key".to_vec(),
-        },
-        settings,
-    )
+    db.bus(settings)
 }
 
 fn track(increment_by: u32) -> AchievementCommand {

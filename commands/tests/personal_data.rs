@@ -7,7 +7,6 @@ use serde_json::Value;
 use teachin_commands::bus::{BusSettings, CommandBus, CommandContext, CommandError};
 use teachin_commands::ports::PostgresVault;
 use teachin_commands::testing::TestDatabase;
-use teachin_commands::{command_bus, PortSecrets};
 use teachin_domain::actor::{Actor, Role};
 use teachin_domain::ids::UserId;
 use teachin_domain::personal_data::Sealed;
@@ -15,13 +14,7 @@ use teachin_domain::services::{ClaimOutcome, ClaimScope, PersonalDataVault, Port
 use teachin_domain::user::{Language, User, UserCommand, UserError};
 
 fn bus(db: &TestDatabase) -> CommandBus {
-    command_bus(
-        db.pool.clone(),
-        PortSecrets {
-            claims_hash_key: b"test-claims-hash-key".to_vec(),
-        },
-        BusSettings::default(),
-    )
+    db.bus(BusSettings::default())
 }
 
 fn sign_up(user_id: UserId, email: &str) -> UserCommand {
