@@ -250,7 +250,7 @@ impl AggregateCache {
             return;
         }
         let key = (A::TYPE, id.to_string());
-        let weight = serialized_size(&cached.aggregate) + key.1.len() + ENTRY_OVERHEAD_BYTES;
+        let weight = weigh(&cached.aggregate, id);
         let mut inner = self.lock();
         if let Some(existing) = inner.entries.get(&key) {
             if existing.sequence > cached.sequence {
@@ -295,7 +295,7 @@ impl AggregateCache {
         }
         entry.weight += added_bytes;
         if entry.weight > 2 * entry.measured {
-            entry.weight = serialized_size(&to.aggregate) + key.1.len() + ENTRY_OVERHEAD_BYTES;
+            entry.weight = weigh(&to.aggregate, id);
             entry.measured = entry.weight;
         }
         entry.aggregate = Arc::new(to.aggregate);
@@ -329,6 +329,11 @@ impl AggregateCache {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What an entry for `aggregate` under `id` counts against the capacity, measured.
+fn weigh<A: serde::Serialize>(aggregate: &A, id: &str) -> usize {
+    serialized_size(aggregate) + id.len() + ENTRY_OVERHEAD_BYTES
 }
 
 /// The serialized size of `value` in bytes, counted without building the text.

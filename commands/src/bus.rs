@@ -21,8 +21,8 @@
 //!   its events (migration `event_store`). A command repeated with the same idempotency key
 //!   finds the receipt and gets the first result back, appending nothing; an append whose
 //!   outcome was lost is settled by looking its receipts up, and retried when they are not
-//!   there (every later try looks them up first, so a late commit is found, never repeated). Two commands with one key never
-//!   share a batch (the trigger would file them as one).
+//!   there (every later try looks them up first, so a late commit is found, never repeated).
+//!   Two commands with one key never share a batch (the trigger would file them as one).
 
 use crate::aggregate_cache::DEFAULT_CAPACITY_MIB;
 use crate::event_repository::{AppendError, EventRepository, Loaded};

@@ -351,13 +351,10 @@ fn apply_all<A: Aggregate>(
     Ok(())
 }
 
-/// postgres-es's reading of database errors: a unique violation (the event key, or the
-/// receipt trigger's "already applied") is the optimistic-concurrency conflict.
+/// A failed load as cqrs-es reports it: the connection's failures apart from the rest. (A
+/// load only reads, so it never meets the unique violation an append reads as a conflict.)
 fn persistence_error(error: sqlx::Error) -> PersistenceError {
     match &error {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
-            PersistenceError::OptimisticLockError
-        }
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
             PersistenceError::ConnectionError(Box::new(error))
         }

@@ -10,8 +10,9 @@
 //! `request` (tower-http, the whole HTTP exchange inside the manager), `auth.jwt`
 //! (`api::auth::tokens`), `graphql.parse` / `graphql.validate` / `graphql.execute`
 //! (`api::parsed_documents`), `command.load` with `cache=hit|miss` and `command.append`
-//! (`commands::event_repository`), `command.decide` (`commands::bus`), `pool.checkout` (the append's connection) and
-//! `pool.before_acquire` (`commands::pool`, the check of an idle connection). Three stages
+//! (`commands::event_repository`), `command.decide` (`commands::bus`), `pool.checkout` (the
+//! append's connection) and `pool.before_acquire` (`commands::pool`, the check of an idle
+//! connection on the general pool). Three stages
 //! have no span of their own in the manager and are measured apart in this process, with the
 //! same code against the same servers: the revocation-epoch `GET` in Redis, sealing a text
 //! (`PostgresVault::seal`, its key cached), and the commit's wait for the WAL flush (an insert
